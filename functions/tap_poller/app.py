@@ -1,0 +1,9 @@
+"""TAP poller Lambda: a scheduled tick polls every due TAP instance; {"instance": NAME} polls one now."""
+
+from ppcollector.observability import logger
+from ppcollector.runtime import handle_poll_event
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event, context):
+    return handle_poll_event("tap", event, context)

@@ -1,0 +1,119 @@
+"""Vendor rate budgets kept in the state table, shared by every instance using the same credential.
+
+TAP allows 1800 requests per rolling 24 h per pool (tap.md §1.6): ``clicks/permitted`` has its own
+pool, every other SIEM endpoint shares the second. A request is only sent after ``acquire`` granted
+it, so the budget is never exceeded, even by overlapping invocations (conditional writes). Catch-up
+windows may not use the last ``reserve`` requests of a pool: those are kept for steady polling.
+A 429 sets a persisted backoff on the pool (minutes, doubling), never an in-process sleep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .errors import VersionConflict
+from .kvstore import KeyValueStore
+from .timeutil import format_rfc3339, parse_timestamp
+
+WINDOW = timedelta(hours=24)
+THROTTLE_BASE = timedelta(minutes=5)
+THROTTLE_MAX = timedelta(minutes=60)
+
+
+def credential_key(connector: str, identity: str) -> str:
+    """Budgets are keyed by a hash of the credential identity, never the identity itself."""
+    digest = hashlib.sha256(f"{connector}:{identity}".encode()).hexdigest()[:24]
+    return f"{connector}#{digest}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: bool
+    used: int
+    limit: int
+    retry_at: datetime | None = None
+    reason: str = ""
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+
+class RateBudget:
+    def __init__(self, kv: KeyValueStore, limit: int, reserve_fraction: float = 0.1) -> None:
+        self.kv = kv
+        self.limit = limit
+        self.reserve = int(limit * reserve_fraction)
+
+    def _key(self, credential: str, pool: str) -> tuple[str, str]:
+        return f"budget#{credential}", f"pool#{pool}"
+
+    def acquire(self, credential: str, pool: str, now: datetime, catch_up: bool = False) -> Grant:
+        """Record one request in the pool if the budget allows it."""
+        pk, sk = self._key(credential, pool)
+        now_epoch = int(now.timestamp())
+        for _ in range(20):
+            item = self.kv.get(pk, sk)
+            data = dict(item.data) if item else {}
+            recent = [t for t in data.get("requests", []) if t > now_epoch - WINDOW.total_seconds()]
+            throttled_until = data.get("throttled_until")
+            if throttled_until and parse_timestamp(throttled_until) > now:
+                return Grant(False, len(recent), self.limit, parse_timestamp(throttled_until),
+                             f"Proofpoint throttled this credential (HTTP 429); backing off until {throttled_until}")
+            cap = self.limit - self.reserve if catch_up else self.limit
+            if len(recent) >= cap:
+                # The slot frees when the oldest request that keeps us at the cap leaves the 24 h window.
+                oldest = sorted(recent)[len(recent) - cap]
+                retry_at = datetime.fromtimestamp(oldest, tz=now.tzinfo) + WINDOW
+                what = "catch-up share of the" if catch_up else "whole"
+                return Grant(False, len(recent), self.limit, retry_at,
+                             f"rate budget: the {what} {self.limit}/24 h {pool} pool is used; next request at "
+                             f"{format_rfc3339(retry_at)}")
+            recent.append(now_epoch)
+            data["requests"] = recent
+            try:
+                self.kv.put(pk, sk, data, item.version if item else 0)
+            except VersionConflict:
+                continue
+            return Grant(True, len(recent), self.limit)
+        return Grant(False, 0, self.limit, now + timedelta(seconds=30), "rate budget: too much contention")
+
+    def usage(self, credential: str, pool: str, now: datetime) -> Grant:
+        pk, sk = self._key(credential, pool)
+        item = self.kv.get(pk, sk)
+        recent = [t for t in (item.data.get("requests", []) if item else []) if t > now.timestamp() - 86400]
+        return Grant(True, len(recent), self.limit)
+
+    def record_throttle(self, credential: str, pool: str, now: datetime,
+                        retry_after: float | None = None) -> datetime:
+        """Persist an exponential backoff for the pool (5, 10, 20, 40, 60, 60... minutes)."""
+        pk, sk = self._key(credential, pool)
+        for _ in range(20):
+            item = self.kv.get(pk, sk)
+            data = dict(item.data) if item else {}
+            level = int(data.get("throttle_level", 0))
+            delay = min(THROTTLE_BASE * (2**level), THROTTLE_MAX)
+            if retry_after:
+                delay = max(delay, timedelta(seconds=retry_after))
+            until = now + delay
+            data.update(throttle_level=level + 1, throttled_until=format_rfc3339(until))
+            try:
+                self.kv.put(pk, sk, data, item.version if item else 0)
+                return until
+            except VersionConflict:
+                continue
+        return now + THROTTLE_BASE
+
+    def record_success(self, credential: str, pool: str) -> None:
+        """A successful request ends a throttle episode: the next 429 starts again at 5 minutes."""
+        pk, sk = self._key(credential, pool)
+        item = self.kv.get(pk, sk)
+        if item and (item.data.get("throttle_level") or item.data.get("throttled_until")):
+            data = dict(item.data)
+            data.update(throttle_level=0, throttled_until=None)
+            try:
+                self.kv.put(pk, sk, data, item.version)
+            except VersionConflict:
+                pass  # a concurrent writer updated it; the next success resets it

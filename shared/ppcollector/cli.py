@@ -1,0 +1,542 @@
+"""``ppctl``: manage instances, check status, backfill, and run the stack locally (CONTRACT.md §3).
+
+It talks to whatever the standard AWS SDK configuration points at, and finds the stack's resources
+from the stack's outputs (``--stack``, default from samconfig.toml). Secrets are read from a prompt
+or stdin, never from the command line. Exit 0 on success; otherwise one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import importlib.util
+import json
+import os
+import sys
+import time
+import tomllib
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .config import RuntimeConfig
+from .connectors import CONNECTOR_NAMES, get_connector
+from .connectors.tap import LOOKBACK_MARGIN, MAX_LOOKBACK, THREAT_STATUSES, endpoints_for
+from .errors import CollectorError, SettingsError, VendorAccessError, VendorAuthError, VendorError
+from .runtime import aws_clients, build_deps
+from .spine import FAILED, PENDING, Deps
+from .state import DISABLED, Instance, validate_name
+from .timeutil import TimestampError, format_rfc3339, parse_timestamp, utcnow
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STACK = "proofpoint-collector"
+
+
+class CliError(Exception):
+    """A one-line reason; ppctl prints it and exits 1."""
+
+
+# --- stack discovery -----------------------------------------------------------------------------
+
+def default_stack_name() -> str:
+    config = PROJECT_ROOT / "samconfig.toml"
+    if config.exists():
+        with config.open("rb") as handle:
+            data = tomllib.load(handle)
+        name = data.get("default", {}).get("global", {}).get("parameters", {}).get("stack_name")
+        if name:
+            return str(name)
+    return DEFAULT_STACK
+
+
+@dataclass
+class Stack:
+    name: str
+    outputs: dict[str, str]
+    clients: dict[str, Any]
+
+    @property
+    def config(self) -> RuntimeConfig:
+        try:
+            return RuntimeConfig.from_env({
+                "STATE_TABLE": self.outputs["StateTableName"],
+                "RAW_BUCKET": self.outputs["RawBucketName"],
+                "EVENT_STREAM": self.outputs.get("EventStreamName", ""),
+                "SINKS": self.outputs.get("SinkMode", "both"),
+                "SECRET_PREFIX": self.outputs["SecretPrefix"],
+            })
+        except KeyError as exc:
+            raise CliError(f"stack {self.name} has no output {exc.args[0]}; is it this project's stack?") from exc
+
+    def deps(self) -> Deps:
+        return build_deps(self.config, self.clients)
+
+
+def load_stack(name: str) -> Stack:
+    import boto3
+
+    session = boto3.session.Session()
+    cloudformation = session.client("cloudformation")
+    try:
+        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
+    except Exception as exc:
+        raise CliError(f"cannot read stack {name!r}: {_one_line(exc)} (deployed? right region/endpoint?)") from exc
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    clients = aws_clients(session)
+    clients["cloudformation"] = cloudformation
+    return Stack(name, outputs, clients)
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def emit(args: argparse.Namespace, payload: Any, columns: list[str] | None = None) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    elif columns is not None:
+        print_table(payload, columns)
+    elif isinstance(payload, dict):
+        width = max((len(k) for k in payload), default=0)
+        for key, value in payload.items():
+            shown = json.dumps(value) if isinstance(value, dict | list) else value
+            print(f"{key.ljust(width)}  {shown}")
+    else:
+        print(payload)
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+SECRET_PROMPTS = {"tap": {"secret": "TAP service secret"}}
+
+
+def read_secret_fields(connector: str, from_stdin: bool) -> dict[str, str]:
+    """One value per line on stdin (``--secret-stdin``), or a hidden prompt each. Never argv."""
+    prompts = SECRET_PROMPTS[connector]
+    values: dict[str, str] = {}
+    for field, prompt in prompts.items():
+        if from_stdin:
+            line = sys.stdin.readline()
+            value = line.rstrip("\r\n")
+        else:
+            if not sys.stdin.isatty():
+                raise CliError("no terminal to prompt for the secret: pipe it in with --secret-stdin")
+            value = getpass.getpass(f"{prompt}: ")
+        if not value.strip():
+            raise CliError(f"empty {prompt.lower()}")
+        values[field] = value.strip()
+    return values
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+def status_row(deps: Deps, instance: Instance, now: datetime) -> dict[str, Any]:
+    status = deps.state.get_status(instance.name)
+    cursors = [c.moment for c in deps.state.list_cursors(instance.name)
+               if c.moment and not c.stream.startswith("backfill-")]
+    lag = int((now - min(cursors)).total_seconds()) if cursors else None
+    state = DISABLED if not instance.enabled else status.get("state", PENDING)
+    gaps = status.get("gaps", [])
+    return {
+        "name": instance.name,
+        "connector": instance.connector,
+        "state": state,
+        "last_success": status.get("last_success"),
+        "events": status.get("last_events"),
+        "lag": _human_seconds(lag),
+        "lag_seconds": lag,
+        "last_error": status.get("last_error") or (status.get("reason") if state != "Active" else ""),
+        "gaps": len(gaps),
+        "last_gap": f"{gaps[-1]['start']} .. {gaps[-1]['end']}" if gaps else "",
+        "reason": status.get("reason", ""),
+    }
+
+
+def _human_seconds(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    deps = load_stack(args.stack).deps()
+    now = utcnow()
+    rows = [status_row(deps, i, now) for i in sorted(deps.state.list_instances(), key=lambda i: i.name)]
+    emit(args, rows, ["name", "connector", "state", "last_success", "events", "lag", "gaps", "last_error"])
+    return 0
+
+
+def cmd_instance_add(args: argparse.Namespace) -> int:
+    stack = load_stack(args.stack)
+    deps = stack.deps()
+    name = validate_name(args.name)
+    connector = get_connector(args.connector)
+    raw: dict[str, Any] = {"principal": args.principal, "poll_interval": args.interval}
+    for key in ("event_types", "threat_status", "base_url", "settle_lag", "initial_lookback"):
+        value = getattr(args, key, None)
+        if value is not None:
+            raw[key] = value
+    settings = connector.validate_settings(raw)
+    if deps.state.get_instance(name):
+        raise CliError(f"an instance named {name!r} already exists (ppctl instance show {name})")
+    secret_values = read_secret_fields(args.connector, args.secret_stdin)
+    secret_id = deps.secrets.create(f"{stack.config.secret_prefix}/{name}", secret_values)
+    instance = Instance(name, connector.name, settings, secret_id, enabled=not args.disabled,
+                        created_at=format_rfc3339(utcnow()))
+    try:
+        deps.state.save_instance(instance, create=True)
+    except Exception:
+        deps.secrets.delete(secret_id)
+        raise
+    ok = _validate(args, deps, instance, quiet=True) if not args.disabled and not args.no_validate else True
+    row = status_row(deps, instance, utcnow())
+    emit(args, {k: row[k] for k in ("name", "connector", "state", "last_error")} if not args.json else row)
+    return 0 if ok else 1
+
+
+def cmd_instance_list(args: argparse.Namespace) -> int:
+    deps = load_stack(args.stack).deps()
+    rows = [{"name": i.name, "connector": i.connector, "enabled": i.enabled,
+             "interval": i.settings.get("poll_interval", ""), "created_at": i.created_at}
+            for i in sorted(deps.state.list_instances(), key=lambda i: i.name)]
+    emit(args, rows, ["name", "connector", "enabled", "interval", "created_at"])
+    return 0
+
+
+def _get(deps: Deps, name: str) -> Instance:
+    instance = deps.state.get_instance(name)
+    if instance is None:
+        raise CliError(f"no instance named {name!r} (ppctl instance list)")
+    return instance
+
+
+def cmd_instance_show(args: argparse.Namespace) -> int:
+    deps = load_stack(args.stack).deps()
+    instance = _get(deps, args.name)
+    cursors = {c.stream: c.position for c in deps.state.list_cursors(instance.name)}
+    emit(args, {"name": instance.name, "connector": instance.connector, "enabled": instance.enabled,
+                "settings": instance.settings, "secret": instance.secret_id, "created_at": instance.created_at,
+                "cursors": cursors, "status": deps.state.get_status(instance.name)})
+    return 0
+
+
+def cmd_instance_set(args: argparse.Namespace) -> int:
+    deps = load_stack(args.stack).deps()
+    instance = _get(deps, args.name)
+    settings = dict(instance.settings)
+    for pair in args.pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"expected KEY=VALUE, got {pair!r}")
+        key = key.strip().replace("-", "_")
+        if key in ("enabled", "secret", "secret_id", "connector", "name"):
+            raise CliError(f"{key} cannot be set here (use enable/disable/rotate-secret)")
+        if value == "":
+            settings.pop(key, None)
+        else:
+            settings[key] = value
+    instance.settings = get_connector(instance.connector).validate_settings(settings)
+    deps.state.save_instance(instance)
+    # New settings deserve a fresh look: clear a Failed backoff so the next tick polls it.
+    deps.state.update_status(instance.name, lambda s: s.update(backoff_until=None, next_due=None))
+    emit(args, {"name": instance.name, "settings": instance.settings})
+    return 0
+
+
+def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
+    deps = load_stack(args.stack).deps()
+    instance = _get(deps, args.name)
+    instance.enabled = enabled
+    deps.state.save_instance(instance)
+    state = PENDING if enabled else DISABLED
+    reason = "enabled by the operator" if enabled else "disabled by the operator"
+    deps.state.update_status(instance.name, lambda s: s.update(state=state, reason=reason, backoff_until=None,
+                                                               next_due=None))
+    emit(args, {"name": instance.name, "enabled": enabled})
+    return 0
+
+
+def cmd_instance_remove(args: argparse.Namespace) -> int:
+    deps = load_stack(args.stack).deps()
+    instance = _get(deps, args.name)
+    deps.state.delete_instance(instance.name)
+    try:
+        deps.secrets.delete(instance.secret_id)
+    except Exception as exc:
+        print(f"warning: could not delete secret {instance.secret_id}: {_one_line(exc)}", file=sys.stderr)
+    emit(args, {"removed": instance.name})
+    return 0
+
+
+def cmd_rotate_secret(args: argparse.Namespace) -> int:
+    deps = load_stack(args.stack).deps()
+    instance = _get(deps, args.name)
+    deps.secrets.update(instance.secret_id, read_secret_fields(instance.connector, args.secret_stdin))
+    deps.state.update_status(instance.name, lambda s: s.update(backoff_until=None, next_due=None))
+    return 0 if _validate(args, deps, instance) else 1
+
+
+def _validate(args: argparse.Namespace, deps: Deps, instance: Instance, quiet: bool = False) -> bool:
+    connector = get_connector(instance.connector)
+    try:
+        message = connector.test_call(instance, deps.secrets.get(instance.secret_id), deps)
+    except VendorAuthError as exc:
+        return _validation_failed(args, deps, instance, "Proofpoint rejected the credentials", exc)
+    except VendorAccessError as exc:
+        return _validation_failed(args, deps, instance, "credentials lack API access", exc)
+    except (VendorError, SettingsError) as exc:
+        print(f"validation of {instance.name} failed: {_one_line(exc)}", file=sys.stderr)
+        return False
+
+    def clear(status: dict[str, Any]) -> None:
+        status.update(backoff_until=None, next_due=None, validated_at=format_rfc3339(utcnow()))
+        if status.get("state") == FAILED:
+            status.update(state=PENDING, reason="credentials validated; waiting for the first poll")
+
+    deps.state.update_status(instance.name, clear)
+    if not quiet:
+        emit(args, {"name": instance.name, "result": message})
+    else:
+        print(message, file=sys.stderr)
+    return True
+
+
+def _validation_failed(args: argparse.Namespace, deps: Deps, instance: Instance, what: str,
+                       exc: VendorError) -> bool:
+    detail = f"HTTP {exc.http_status}: {exc.detail}" if exc.http_status else _one_line(exc)
+    reason = f"{what} ({detail})"
+    deps.state.update_status(instance.name, lambda s: s.update(state=FAILED, reason=reason, last_error=reason,
+                                                               last_error_at=format_rfc3339(utcnow())))
+    print(f"{instance.name}: {reason}", file=sys.stderr)
+    return False
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    deps = load_stack(args.stack).deps()
+    return 0 if _validate(args, deps, _get(deps, args.name)) else 1
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    deps = load_stack(args.stack).deps()
+    instance = _get(deps, args.name)
+    now = utcnow()
+    try:
+        since = parse_timestamp(args.since)
+        until = parse_timestamp(args.until) if args.until else now
+    except TimestampError as exc:
+        raise CliError(str(exc)) from exc
+    if until <= since:
+        raise CliError("--until must be after --since")
+    if until > now:
+        raise CliError("--until is in the future; the API only serves the past")
+    if instance.connector == "tap":
+        earliest = now - MAX_LOOKBACK + LOOKBACK_MARGIN
+        if since < earliest:
+            raise CliError(f"TAP serves at most 7 days back: --since must be after {format_rfc3339(earliest)} "
+                           "(older events cannot be collected from the API)")
+        if until - since < timedelta(seconds=30):
+            raise CliError("TAP windows are at least 30 s: widen the range")
+        streams = [e.stream for e in endpoints_for(instance.settings["event_types"])]
+    else:
+        raise CliError(f"backfill is not available for {instance.connector}")
+    for stream in streams:
+        deps.state.set_cursor(instance.name, f"backfill-{stream}", format_rfc3339(since), until=format_rfc3339(until))
+    deps.state.update_status(instance.name, lambda s: s.update(next_due=None))
+    emit(args, {"name": instance.name, "backfill_since": format_rfc3339(since),
+                "backfill_until": format_rfc3339(until), "streams": streams,
+                "note": "collected by the next polls, paced by the rate budget"})
+    return 0
+
+
+# --- local --------------------------------------------------------------------------------------------
+
+def cmd_local_deploy(args: argparse.Namespace) -> int:
+    from . import local_deploy
+
+    parameters = dict(p.split("=", 1) for p in args.param or [])
+    try:
+        outputs = local_deploy.deploy(args.stack, str(Path(args.template)), parameters or None)
+    except local_deploy.LocalDeployError as exc:
+        raise CliError(str(exc)) from exc
+    emit(args, outputs)
+    return 0
+
+
+FUNCTION_ALIASES = {"tap": "TapPollerFunction", "tap_poller": "TapPollerFunction", "tappoller": "TapPollerFunction"}
+
+
+@dataclass
+class LocalContext:
+    """What a handler reads from a Lambda context, for in-process runs."""
+
+    function_name: str
+    memory_limit_in_mb: int
+    timeout_seconds: int
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:local"
+    aws_request_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.aws_request_id = self.aws_request_id or str(uuid.uuid4())
+        self._deadline = time.monotonic() + self.timeout_seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(int((self._deadline - time.monotonic()) * 1000), 0)
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def cmd_local_invoke(args: argparse.Namespace) -> int:
+    from . import local_deploy
+
+    stack = load_stack(args.stack)
+    template = local_deploy.load_template(args.template)
+    logical = FUNCTION_ALIASES.get(args.function.lower().replace("-", "_"), args.function)
+    resource = template.get("Resources", {}).get(logical)
+    if not resource or resource.get("Type") != "AWS::Serverless::Function":
+        functions = [k for k, v in template.get("Resources", {}).items()
+                     if v.get("Type") == "AWS::Serverless::Function"]
+        raise CliError(f"no function {args.function!r} in the template (functions: {', '.join(functions)})")
+    physical = stack.outputs.get(f"{logical.removesuffix('Function')}FunctionName")
+    if not physical:
+        raise CliError(f"stack {stack.name} has no output for {logical}")
+    lambda_client = stack.clients.get("lambda") or __import__("boto3").client("lambda")
+    config = lambda_client.get_function_configuration(FunctionName=physical)
+    env = dict(config.get("Environment", {}).get("Variables", {}))
+    code_dir = Path(args.template).resolve().parent / resource["Properties"]["CodeUri"]
+    module_name, _, function_name = resource["Properties"].get("Handler", "app.handler").rpartition(".")
+    event = json.loads(Path(args.event).read_text()) if args.event else {"source": "local-invoke"}
+    spec = importlib.util.spec_from_file_location(f"local_{logical}", code_dir / f"{module_name}.py")
+    if spec is None or spec.loader is None:
+        raise CliError(f"cannot load {code_dir / module_name}.py")
+    with _environment({**env, "AWS_LAMBDA_FUNCTION_NAME": physical}):
+        from . import runtime
+
+        runtime._DEPS = None  # the stack's environment, not a previous one
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        context = LocalContext(physical, int(config.get("MemorySize", 512)), int(config.get("Timeout", 300)))
+        result = getattr(module, function_name)(event, context)
+    emit(args, result)
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--stack", default=argparse.SUPPRESS, help="stack name (default: samconfig.toml)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="ppctl", parents=[common],
+                                     description="Manage the Proofpoint collector's instances and stack.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    instance = sub.add_parser("instance", parents=[common], help="manage the instance registry")
+    isub = instance.add_subparsers(dest="instance_command", required=True)
+    add = isub.add_parser("add", parents=[common], help="add an instance (secret from prompt or --secret-stdin)")
+    add_sub = add.add_subparsers(dest="connector", required=True)
+    tap = add_sub.add_parser("tap", parents=[common], help="a TAP SIEM API tenant")
+    tap.add_argument("name")
+    tap.add_argument("--principal", required=True, help="TAP service principal")
+    tap.add_argument("--event-types", dest="event_types", help="all | issues | comma list of "
+                     "messages-delivered,messages-blocked,clicks-permitted,clicks-blocked (default all)")
+    tap.add_argument("--threat-status", dest="threat_status",
+                     help=f"comma list of {','.join(THREAT_STATUSES)} (default all three)")
+    tap.add_argument("--interval", default="5m", help="polling interval (default 5m)")
+    tap.add_argument("--base-url", dest="base_url", help="API base URL (https; http only for loopback)")
+    tap.add_argument("--settle-lag", dest="settle_lag", help="how far behind now a window ends (default stack's)")
+    tap.add_argument("--initial-lookback", dest="initial_lookback", help="how far back a new instance starts (1h)")
+    tap.add_argument("--secret-stdin", action="store_true", help="read the service secret from stdin")
+    tap.add_argument("--disabled", action="store_true", help="register it disabled")
+    tap.add_argument("--no-validate", action="store_true", help="skip the test call")
+    tap.set_defaults(func=cmd_instance_add)
+
+    isub.add_parser("list", parents=[common]).set_defaults(func=cmd_instance_list)
+    for verb, func in (("show", cmd_instance_show), ("remove", cmd_instance_remove),
+                       ("enable", lambda a: _set_enabled(a, True)), ("disable", lambda a: _set_enabled(a, False))):
+        p = isub.add_parser(verb, parents=[common])
+        p.add_argument("name")
+        p.set_defaults(func=func)
+    setp = isub.add_parser("set", parents=[common], help="change settings: KEY=VALUE (empty value resets)")
+    setp.add_argument("name")
+    setp.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    setp.set_defaults(func=cmd_instance_set)
+    rot = isub.add_parser("rotate-secret", parents=[common], help="replace the stored credentials")
+    rot.add_argument("name")
+    rot.add_argument("--secret-stdin", action="store_true")
+    rot.set_defaults(func=cmd_rotate_secret)
+
+    val = sub.add_parser("validate", parents=[common], help="one test call with the stored credentials")
+    val.add_argument("name")
+    val.set_defaults(func=cmd_validate)
+    sub.add_parser("status", parents=[common], help="one row per instance").set_defaults(func=cmd_status)
+    back = sub.add_parser("backfill", parents=[common], help="re-collect a past range within the API's limits")
+    back.add_argument("name")
+    back.add_argument("--since", required=True)
+    back.add_argument("--until")
+    back.set_defaults(func=cmd_backfill)
+
+    local = sub.add_parser("local", parents=[common], help="the stack on a local AWS emulator (loopback only)")
+    lsub = local.add_subparsers(dest="local_command", required=True)
+    dep = lsub.add_parser("deploy", parents=[common], help="deploy template.yaml into the local emulator")
+    dep.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"))
+    dep.add_argument("--param", action="append", metavar="KEY=VALUE", help="template parameter override")
+    dep.set_defaults(func=cmd_local_deploy)
+    inv = lsub.add_parser("invoke", parents=[common], help="run a deployed function's handler in-process")
+    inv.add_argument("function", help="TapPollerFunction (or tap)")
+    inv.add_argument("--event", help="event JSON file (default: a scheduled tick)")
+    inv.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"))
+    inv.set_defaults(func=cmd_local_invoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.stack = getattr(args, "stack", None) or default_stack_name()
+    args.json = getattr(args, "json", False)
+    if getattr(args, "connector", None) and args.connector not in CONNECTOR_NAMES:
+        print(f"ppctl: unknown connector {args.connector}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, CollectorError) as exc:
+        print(f"ppctl: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

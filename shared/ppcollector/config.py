@@ -1,0 +1,68 @@
+"""Runtime configuration from the environment ``template.yaml`` sets, validated at cold start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SettingsError
+
+SINK_MODES = ("s3", "kinesis", "both")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    state_table: str
+    raw_bucket: str
+    event_stream: str
+    sinks: str
+    secret_prefix: str
+    tap_settle_lag_seconds: int = 300
+    tap_rate_limit_per_day: int = 1800
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> RuntimeConfig:
+        env = dict(os.environ if env is None else env)
+
+        def required(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise SettingsError(f"environment variable {name} is not set (template.yaml sets it)")
+            return value
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError as exc:
+                raise SettingsError(f"environment variable {name}={raw!r} is not an integer") from exc
+            if not low <= value <= high:
+                raise SettingsError(f"environment variable {name}={value} is outside {low}..{high}")
+            return value
+
+        sinks = env.get("SINKS", "both").strip().lower()
+        if sinks not in SINK_MODES:
+            raise SettingsError(f"environment variable SINKS={sinks!r} must be one of s3, kinesis, both")
+        return cls(
+            state_table=required("STATE_TABLE"),
+            raw_bucket=required("RAW_BUCKET"),
+            event_stream=required("EVENT_STREAM") if sinks != "s3" else env.get("EVENT_STREAM", ""),
+            sinks=sinks,
+            secret_prefix=required("SECRET_PREFIX").rstrip("/"),
+            tap_settle_lag_seconds=integer("TAP_DEFAULT_SETTLE_LAG_SECONDS", 300, 0, 3600),
+            tap_rate_limit_per_day=integer("TAP_RATE_LIMIT_PER_DAY", 1800, 1, 1_000_000),
+        )
+
+    def env(self) -> dict[str, Any]:
+        return {
+            "STATE_TABLE": self.state_table,
+            "RAW_BUCKET": self.raw_bucket,
+            "EVENT_STREAM": self.event_stream,
+            "SINKS": self.sinks,
+            "SECRET_PREFIX": self.secret_prefix,
+            "TAP_DEFAULT_SETTLE_LAG_SECONDS": str(self.tap_settle_lag_seconds),
+            "TAP_RATE_LIMIT_PER_DAY": str(self.tap_rate_limit_per_day),
+        }

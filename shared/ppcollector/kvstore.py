@@ -1,0 +1,146 @@
+"""The state table port: a versioned key-value store with conditional writes.
+
+Everything the spine keeps (registry, cursors, leases, status, rate budgets) is a JSON document under
+``(pk, sk)`` with a ``version`` that increments on every write. A write names the version it read
+(``expected_version``; 0 means "must not exist"), so two writers never both win: the loser gets
+``VersionConflict``. ``DynamoKV`` is the real adapter; ``MemoryKV`` is the honest in-memory fake the
+unit tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import VersionConflict
+from .timeutil import format_rfc3339, utcnow
+
+
+@dataclass(frozen=True)
+class Item:
+    pk: str
+    sk: str
+    data: dict[str, Any]
+    version: int
+
+
+class KeyValueStore(Protocol):
+    def get(self, pk: str, sk: str) -> Item | None: ...
+
+    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None) -> Item: ...
+
+    def delete(self, pk: str, sk: str) -> None: ...
+
+    def query(self, pk: str) -> list[Item]: ...
+
+
+class MemoryKV:
+    """In-memory store with the same conditional semantics as DynamoDB."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], Item] = {}
+        self._lock = threading.Lock()
+
+    def get(self, pk: str, sk: str) -> Item | None:
+        with self._lock:
+            item = self._items.get((pk, sk))
+            return Item(item.pk, item.sk, json.loads(json.dumps(item.data)), item.version) if item else None
+
+    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None) -> Item:
+        with self._lock:
+            current = self._items.get((pk, sk))
+            current_version = current.version if current else 0
+            if expected_version is not None and expected_version != current_version:
+                raise VersionConflict(f"{pk}/{sk}: expected version {expected_version}, found {current_version}")
+            item = Item(pk, sk, json.loads(json.dumps(data)), current_version + 1)
+            self._items[(pk, sk)] = item
+            return item
+
+    def delete(self, pk: str, sk: str) -> None:
+        with self._lock:
+            self._items.pop((pk, sk), None)
+
+    def query(self, pk: str) -> list[Item]:
+        with self._lock:
+            keys = sorted(k for k in self._items if k[0] == pk)
+        return [item for item in (self.get(*k) for k in keys) if item]
+
+
+class DynamoKV:
+    """DynamoDB adapter. Items: ``pk``, ``sk``, ``version`` (N), ``data`` (JSON string), ``updated_at``."""
+
+    def __init__(self, table_name: str, client: Any) -> None:
+        self.table_name = table_name
+        self._client = client
+
+    def get(self, pk: str, sk: str) -> Item | None:
+        response = self._client.get_item(
+            TableName=self.table_name, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True
+        )
+        raw = response.get("Item")
+        return self._to_item(raw) if raw else None
+
+    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None) -> Item:
+        new_version = (expected_version or 0) + 1
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Item": {
+                "pk": {"S": pk},
+                "sk": {"S": sk},
+                "data": {"S": json.dumps(data, separators=(",", ":"), sort_keys=True)},
+                "updated_at": {"S": format_rfc3339(utcnow())},
+            },
+        }
+        if expected_version is None:
+            # Unconditional writes still increment: read the version inside one conditional retry loop.
+            return self._put_unconditional(pk, sk, data, kwargs)
+        if expected_version == 0:
+            kwargs["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            kwargs["ConditionExpression"] = "#v = :expected"
+            kwargs["ExpressionAttributeNames"] = {"#v": "version"}
+            kwargs["ExpressionAttributeValues"] = {":expected": {"N": str(expected_version)}}
+        kwargs["Item"]["version"] = {"N": str(new_version)}
+        try:
+            self._client.put_item(**kwargs)
+        except self._client.exceptions.ConditionalCheckFailedException as exc:
+            raise VersionConflict(f"{pk}/{sk}: expected version {expected_version}") from exc
+        return Item(pk, sk, data, new_version)
+
+    def _put_unconditional(self, pk: str, sk: str, data: dict[str, Any], kwargs: dict[str, Any]) -> Item:
+        for _ in range(10):
+            current = self.get(pk, sk)
+            try:
+                return self.put(pk, sk, data, current.version if current else 0)
+            except VersionConflict:
+                continue
+        raise VersionConflict(f"{pk}/{sk}: too many concurrent writers")
+
+    def delete(self, pk: str, sk: str) -> None:
+        self._client.delete_item(TableName=self.table_name, Key={"pk": {"S": pk}, "sk": {"S": sk}})
+
+    def query(self, pk: str) -> list[Item]:
+        items: list[Item] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "ConsistentRead": True,
+        }
+        while True:
+            response = self._client.query(**kwargs)
+            items.extend(self._to_item(raw) for raw in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return items
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    @staticmethod
+    def _to_item(raw: dict[str, Any]) -> Item:
+        return Item(
+            raw["pk"]["S"],
+            raw["sk"]["S"],
+            json.loads(raw.get("data", {}).get("S", "{}")),
+            int(raw.get("version", {}).get("N", "0")),
+        )

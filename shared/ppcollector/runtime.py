@@ -1,0 +1,78 @@
+"""Builds the spine's dependencies from the environment (boto3 adapters) and runs one invocation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from .budget import RateBudget
+from .config import RuntimeConfig
+from .connectors import get_connector
+from .errors import SettingsError
+from .http import make_session
+from .kvstore import DynamoKV
+from .observability import logger
+from .secrets import SecretsManagerStore
+from .sinks import KinesisSink, S3Sink, SinkSet
+from .spine import Deadline, Deps, raise_for_failures, run_tick
+from .state import StateStore
+from .timeutil import utcnow
+
+_DEPS: Deps | None = None
+
+
+def aws_clients(session: Any = None) -> dict[str, Any]:
+    import boto3
+    from botocore.config import Config
+
+    session = session or boto3.session.Session()
+    config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
+    return {name: session.client(name, config=config)
+            for name in ("dynamodb", "s3", "kinesis", "secretsmanager")}
+
+
+def build_deps(config: RuntimeConfig, clients: dict[str, Any] | None = None) -> Deps:
+    clients = clients or aws_clients()
+    s3 = S3Sink(clients["s3"], config.raw_bucket)
+    sinks: list[Any] = []
+    if config.sinks in ("s3", "both"):
+        sinks.append(s3)
+    if config.sinks in ("kinesis", "both"):
+        sinks.append(KinesisSink(clients["kinesis"], config.event_stream, overflow=s3))
+    kv = DynamoKV(config.state_table, clients["dynamodb"])
+    return Deps(
+        state=StateStore(kv),
+        secrets=SecretsManagerStore(clients["secretsmanager"]),
+        sinks=SinkSet(sinks),
+        budget=RateBudget(kv, config.tap_rate_limit_per_day),
+        clock=utcnow,
+        http=make_session(),
+        settle_lag_default=timedelta(seconds=config.tap_settle_lag_seconds),
+    )
+
+
+def deps_from_env() -> Deps:
+    """Cold start: validate the environment once, reuse the clients across warm invocations."""
+    global _DEPS
+    if _DEPS is None:
+        _DEPS = build_deps(RuntimeConfig.from_env())
+    return _DEPS
+
+
+def handle_poll_event(connector_name: str, event: Any, context: Any, deps: Deps | None = None) -> dict[str, Any]:
+    """A scheduled event polls every enabled, due instance; ``{"instance": NAME}`` polls that one now."""
+    if not isinstance(event, dict):
+        raise SettingsError(f"the event must be a JSON object, got {type(event).__name__}")
+    only = event.get("instance")
+    if only is not None and (not isinstance(only, str) or not only):
+        raise SettingsError('"instance" must be an instance name, e.g. {"instance": "acme-tap"}')
+    connector = get_connector(connector_name)
+    deps = deps or deps_from_env()
+    logger.append_keys(connector=connector.name)
+    outcomes = run_tick(connector, deps, Deadline.from_context(context), only=only)
+    summary = {"connector": connector.name, "polled": sum(o.polled for o in outcomes),
+               "events": sum(o.events for o in outcomes), "outcomes": [asdict(o) for o in outcomes]}
+    logger.info(f"{connector.name}: tick done", extra={k: v for k, v in summary.items() if k != "outcomes"})
+    raise_for_failures(outcomes)
+    return summary

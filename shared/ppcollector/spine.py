@@ -1,0 +1,322 @@
+"""The spine every connector runs on: due instances, leases, status, metrics, error classes.
+
+A connector (``connectors/*.py``) knows its vendor: how to authenticate and how to ask for the next
+window or page. ``poll_instance`` knows the rest, in this order: is it due, take the lease, read the
+credentials, let the connector pull -> write -> checkpoint, record the status, release the lease.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from .budget import RateBudget
+from .errors import (
+    CollectorError,
+    CursorConflict,
+    LeaseHeld,
+    SettingsError,
+    SinkError,
+    VendorAccessError,
+    VendorAuthError,
+    VendorError,
+    VendorThrottled,
+)
+from .observability import COUNT, SECONDS, emit_metrics, logger
+from .secrets import Credentials, SecretStore
+from .sinks import SinkSet
+from .state import ACTIVE, DEGRADED, DISABLED, FAILED, MAX_GAPS_KEPT, PENDING, Instance, StateStore
+from .timeutil import format_rfc3339, parse_duration, parse_timestamp, utcnow
+
+FAILED_RETRY = timedelta(minutes=30)  # a rejected credential is retried slowly, not every minute
+LEASE_MARGIN = timedelta(seconds=60)
+
+
+class Deadline:
+    """Remaining invocation time; the Lambda context's clock, or a fixed budget elsewhere."""
+
+    def __init__(self, remaining_seconds: Callable[[], float]) -> None:
+        self._remaining = remaining_seconds
+
+    @classmethod
+    def from_context(cls, context: Any, default_seconds: float = 300.0) -> Deadline:
+        if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+            return cls(lambda: context.get_remaining_time_in_millis() / 1000.0)
+        return cls.fixed(default_seconds)
+
+    @classmethod
+    def fixed(cls, seconds: float) -> Deadline:
+        end = time.monotonic() + seconds
+        return cls(lambda: end - time.monotonic())
+
+    def remaining(self) -> float:
+        return self._remaining()
+
+    def share(self, parts: int) -> Deadline:
+        """A slice of what is left, so one slow instance cannot starve the others in a tick."""
+        end = time.monotonic() + self.remaining() / max(parts, 1)
+        return Deadline(lambda: min(end - time.monotonic(), self.remaining()))
+
+
+@dataclass
+class Deps:
+    state: StateStore
+    secrets: SecretStore
+    sinks: SinkSet
+    budget: RateBudget
+    clock: Callable[[], datetime]
+    http: Any  # requests.Session
+    settle_lag_default: timedelta = timedelta(seconds=300)
+
+
+@dataclass
+class PollReport:
+    """What one poll of one instance did (connectors fill it in)."""
+
+    events: int = 0
+    windows: int = 0
+    caught_up: bool = True
+    oldest_cursor: datetime | None = None
+    gaps: list[dict[str, str]] = field(default_factory=list)
+    paused_reason: str = ""  # e.g. the rate budget held a steady-state request back
+    api_calls: int = 0
+    sink_stats: dict[str, int] = field(default_factory=dict)
+
+    def add_sink_stats(self, stats: dict[str, int]) -> None:
+        for key, value in stats.items():
+            self.sink_stats[key] = self.sink_stats.get(key, 0) + value
+
+
+@dataclass
+class PollContext:
+    instance: Instance
+    credentials: Credentials
+    deps: Deps
+    deadline: Deadline
+    report: PollReport
+
+
+class Connector(Protocol):
+    name: str  # "tap"
+    source: str  # "proofpoint_tap"
+    secret_fields: tuple[str, ...]
+
+    def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]: ...
+
+    def poll(self, ctx: PollContext) -> None: ...
+
+    def test_call(self, instance: Instance, credentials: Credentials, deps: Deps) -> str: ...
+
+
+@dataclass
+class Outcome:
+    instance: str
+    state: str
+    polled: bool
+    events: int = 0
+    error: str = ""
+    skipped_reason: str = ""
+    raise_error: bool = False
+
+
+def is_due(instance: Instance, status: dict[str, Any], now: datetime) -> tuple[bool, str]:
+    if not instance.enabled:
+        return False, "disabled"
+    backoff = status.get("backoff_until")
+    if backoff and parse_timestamp(backoff) > now:
+        return False, f"backing off until {backoff}"
+    next_due = status.get("next_due")
+    if next_due and parse_timestamp(next_due) > now:
+        return False, f"next poll due at {next_due}"
+    return True, ""
+
+
+def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline: Deadline,
+                  force: bool = False) -> Outcome:
+    """Poll one instance: the only place that turns a connector's result into status and metrics."""
+    name = instance.name
+    now = deps.clock()
+    status = deps.state.get_status(name)
+    if not instance.enabled:
+        _set_state(deps, instance, DISABLED, "disabled by the operator")
+        return Outcome(name, DISABLED, False, skipped_reason="disabled")
+    due, why = is_due(instance, status, now)
+    if not due and not force:
+        return Outcome(name, status.get("state", PENDING), False, skipped_reason=why)
+
+    owner = f"{connector.name}-{uuid.uuid4().hex[:12]}"
+    try:
+        deps.state.acquire_lease(name, owner, now, timedelta(seconds=max(deadline.remaining(), 1)) + LEASE_MARGIN)
+    except LeaseHeld as held:
+        # Overlapping invocations (EventBridge/Lambda may deliver twice): the loser exits cleanly.
+        logger.info("instance is being polled by another invocation; skipping", extra={"detail": str(held)})
+        return Outcome(name, status.get("state", PENDING), False, skipped_reason="lease held")
+
+    interval = parse_duration(instance.settings.get("poll_interval", "5m"))
+    report = PollReport()
+    outcome = Outcome(name, status.get("state", PENDING), True)
+    started = time.monotonic()
+    try:
+        deps.state.update_status(name, lambda s: s.update(last_poll=format_rfc3339(now),
+                                                           next_due=format_rfc3339(now + interval)))
+        credentials = deps.secrets.get(instance.secret_id)
+        connector.poll(PollContext(instance, credentials, deps, deadline, report))
+    except CursorConflict as conflict:
+        logger.info("cursor advanced by another invocation; stopping cleanly", extra={"detail": str(conflict)})
+        outcome.state = deps.state.get_status(name).get("state", PENDING)
+    except (VendorAuthError, VendorAccessError, SettingsError) as exc:
+        outcome.error, outcome.raise_error = str(exc), True
+        outcome.state = _record_failure(deps, instance, FAILED, exc, backoff=FAILED_RETRY)
+    except VendorThrottled as exc:
+        outcome.error, outcome.raise_error = str(exc), True
+        outcome.state = _record_failure(deps, instance, DEGRADED, exc)
+    except (VendorError, SinkError, CollectorError) as exc:
+        outcome.error, outcome.raise_error = str(exc), True
+        outcome.state = _record_failure(deps, instance, DEGRADED, exc)
+    except Exception as exc:  # an unexpected bug: Degraded, and the invocation fails loudly
+        logger.exception("unexpected error while polling")
+        outcome.error, outcome.raise_error = f"internal error: {type(exc).__name__}: {exc}", True
+        outcome.state = _record_failure(deps, instance, DEGRADED, exc)
+    else:
+        outcome.state = _record_success(deps, instance, report)
+    finally:
+        deps.state.release_lease(name, owner)
+        if not report.caught_up and not outcome.error:
+            # Catch-up continues at the next tick rather than after a whole poll interval.
+            deps.state.update_status(name, lambda s: s.update(next_due=format_rfc3339(deps.clock())))
+        _emit_poll_metrics(connector, instance, deps, report, outcome, time.monotonic() - started)
+    outcome.events = report.events
+    return outcome
+
+
+def _transition(instance: Instance, status: dict[str, Any], state: str, reason: str) -> None:
+    previous = status.get("state", PENDING)
+    if previous != state or status.get("reason") != reason:
+        if previous != state:
+            logger.info(f"status changed {previous} -> {state}",
+                        extra={"previous_state": previous, "state": state, "reason": reason})
+            emit_metrics(instance.connector, instance.name, {f"StatusChangeTo{state}": (1, COUNT)})
+        if previous != state:
+            status["state_since"] = format_rfc3339(utcnow())
+    status["state"] = state
+    status["reason"] = reason
+
+
+def _set_state(deps: Deps, instance: Instance, state: str, reason: str) -> None:
+    deps.state.update_status(instance.name, lambda s: _transition(instance, s, state, reason))
+
+
+def _record_success(deps: Deps, instance: Instance, report: PollReport) -> str:
+    now = deps.clock()
+
+    def mutate(status: dict[str, Any]) -> None:
+        status["last_success"] = format_rfc3339(now)
+        status["last_events"] = report.events
+        status["last_windows"] = report.windows
+        status["last_error"] = status.get("last_error") if report.gaps else ""
+        status["backoff_until"] = None
+        if report.oldest_cursor:
+            status["cursor"] = format_rfc3339(report.oldest_cursor)
+            status["lag_seconds"] = max(int((now - report.oldest_cursor).total_seconds()), 0)
+        if report.gaps:
+            gap = report.gaps[-1]
+            _transition(instance, status, DEGRADED,
+                        f"unrecoverable gap {gap['start']} .. {gap['end']} ({gap['stream']}): {gap['why']}")
+        elif report.paused_reason:
+            _transition(instance, status, DEGRADED, report.paused_reason)
+        else:
+            _transition(instance, status, ACTIVE, "polling normally" if report.caught_up else "catching up")
+
+    return deps.state.update_status(instance.name, mutate)["state"]
+
+
+def record_gap(deps: Deps, instance: Instance, report: PollReport, gap: dict[str, str]) -> None:
+    """Persist an unrecoverable gap at once (even if the poll later fails): never silently skipped."""
+    logger.warning(f"{instance.connector}: unrecoverable gap {gap['start']} .. {gap['end']}", extra=gap)
+    report.gaps.append(gap)
+
+    def mutate(status: dict[str, Any]) -> None:
+        gaps = [g for g in status.get("gaps", [])
+                if not (g.get("stream") == gap["stream"] and g.get("start") == gap["start"])]
+        if len(gaps) == len(status.get("gaps", [])):
+            status["gap_count"] = int(status.get("gap_count", 0)) + 1
+        status["gaps"] = (gaps + [gap])[-MAX_GAPS_KEPT:]
+
+    deps.state.update_status(instance.name, mutate)
+
+
+def _record_failure(deps: Deps, instance: Instance, state: str, exc: BaseException,
+                    backoff: timedelta | None = None) -> str:
+    now = deps.clock()
+    message = str(exc)
+    logger.error(f"{instance.connector}: poll failed: {message}",
+                 extra={"error_class": type(exc).__name__, "http_status": getattr(exc, "http_status", None)})
+
+    def mutate(status: dict[str, Any]) -> None:
+        status["last_error"] = message
+        status["last_error_at"] = format_rfc3339(now)
+        status["consecutive_failures"] = int(status.get("consecutive_failures", 0)) + 1
+        if backoff:
+            status["backoff_until"] = format_rfc3339(now + backoff)
+        _transition(instance, status, state, message)
+
+    return deps.state.update_status(instance.name, mutate)["state"]
+
+
+def _emit_poll_metrics(connector: Connector, instance: Instance, deps: Deps, report: PollReport,
+                       outcome: Outcome, duration: float) -> None:
+    values: dict[str, tuple[float, Any]] = {
+        "Polls": (1, COUNT),
+        "EventsCollected": (report.events, COUNT),
+        "Windows": (report.windows, COUNT),
+        "ApiCalls": (report.api_calls, COUNT),
+        "PollDuration": (round(duration, 3), SECONDS),
+    }
+    for key, value in report.sink_stats.items():
+        if key in ("s3_records", "kinesis_records"):
+            values["RecordsWritten" + ("S3" if key.startswith("s3") else "Kinesis")] = (value, COUNT)
+    if report.oldest_cursor:
+        values["CollectionLag"] = (max((deps.clock() - report.oldest_cursor).total_seconds(), 0), SECONDS)
+    if report.gaps:
+        values["Gaps"] = (len(report.gaps), COUNT)
+    if outcome.error:
+        values["Errors"] = (1, COUNT)
+        if outcome.state == DEGRADED and "429" in outcome.error:
+            values["Throttles"] = (1, COUNT)
+    emit_metrics(connector.name, instance.name, values)
+
+
+def run_tick(connector: Connector, deps: Deps, deadline: Deadline, only: str | None = None) -> list[Outcome]:
+    """A scheduled tick polls every enabled, due instance; ``only`` polls that one instance now."""
+    if only is not None:
+        instance = deps.state.get_instance(only)
+        if instance is None or instance.connector != connector.name:
+            raise SettingsError(f"no {connector.name} instance named {only!r}")
+        instances = [instance]
+    else:
+        instances = sorted(deps.state.list_instances(connector.name), key=lambda i: i.name)
+    outcomes: list[Outcome] = []
+    for index, instance in enumerate(instances):
+        logger.append_keys(connector=connector.name, instance=instance.name)
+        try:
+            outcome = poll_instance(connector, instance, deps, deadline.share(len(instances) - index),
+                                    force=only is not None)
+        finally:
+            logger.remove_keys(["instance"])
+        outcomes.append(outcome)
+    return outcomes
+
+
+class PollFailed(CollectorError):
+    """Raised at the end of an invocation in which at least one poll failed (so Errors alarms see it)."""
+
+
+def raise_for_failures(outcomes: list[Outcome]) -> None:
+    failed = [o for o in outcomes if o.raise_error]
+    if failed:
+        detail = "; ".join(f"{o.instance}: {o.error}" for o in failed)
+        raise PollFailed(f"{len(failed)} of {len(outcomes)} instance poll(s) failed: {detail}")
