@@ -1,0 +1,98 @@
+"""What an operator sees in CloudWatch: JSON log lines with connector and instance, EMF metrics."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from ppcollector.runtime import handle_poll_event
+
+from tests.fakes import FakeClock, FakeContext, add_tap_instance, make_deps
+from tests.unit.fake_tap import FakeResponse, FakeTap
+from tests.unit.test_tap_poller import click
+
+
+def _emf(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
+
+
+def test_each_poll_logs_fetched_n_events_with_the_window_as_json(json_logs):
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    add_tap_instance(deps, initial_lookback="30m")
+    tap.events_by_type["clicksBlocked"] = [click(clock.now - timedelta(minutes=10), id_=f"c{i}") for i in range(3)]
+    handle_poll_event("tap", {"version": "0", "detail-type": "Scheduled Event"}, FakeContext(), deps=deps)
+    lines = [json.loads(line) for line in json_logs()]
+    fetched = [line for line in lines if line["message"].startswith("tap: fetched")]
+    assert fetched[0]["message"] == "tap: fetched 3 events"
+    assert fetched[0]["connector"] == "tap" and fetched[0]["instance"] == "acme"
+    assert fetched[0]["window_start"] == "2026-11-20T11:30:00Z" and fetched[0]["window_end"] == "2026-11-20T11:55:00Z"
+    assert fetched[0]["level"] == "INFO"
+
+
+def test_a_poll_emits_events_windows_lag_metrics(capsys):
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    add_tap_instance(deps, initial_lookback="30m")
+    tap.events_by_type["clicksBlocked"] = [click(clock.now - timedelta(minutes=10))]
+    handle_poll_event("tap", {}, FakeContext(), deps=deps)
+    [poll] = [b for b in _emf(capsys.readouterr().out) if "Polls" in b]
+    names = {m["Name"] for m in poll["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"Polls", "EventsCollected", "Windows", "ApiCalls", "CollectionLag"} <= names
+    assert poll["EventsCollected"] == [1.0] and poll["CollectionLag"] == [300.0]
+    assert poll["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ProofpointCollector"
+    assert ["connector", "instance", "service"] in poll["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+    assert poll["connector"] == "tap" and poll["instance"] == "acme"
+
+
+def test_a_throttle_emits_throttles_and_errors(capsys):
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    add_tap_instance(deps, initial_lookback="30m")
+    tap.script.append(FakeResponse(429, b"throttled"))
+    try:
+        handle_poll_event("tap", {}, FakeContext(), deps=deps)
+    except Exception as exc:
+        assert "429" in str(exc)
+    [poll] = [b for b in _emf(capsys.readouterr().out) if "Polls" in b]
+    assert poll["Throttles"] == [1.0] and poll["Errors"] == [1.0]
+
+
+def test_status_change_is_logged_once_with_the_reason(json_logs):
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    add_tap_instance(deps, initial_lookback="30m")
+    for _ in range(3):
+        handle_poll_event("tap", {"instance": "acme"}, FakeContext(), deps=deps)
+        clock.advance(minutes=5)
+    changes = [json.loads(line) for line in json_logs() if "status changed" in line]
+    assert len(changes) == 1
+    assert changes[0]["previous_state"] == "Pending" and changes[0]["state"] == "Active"
+
+
+def test_secret_values_never_reach_logs_or_errors(json_logs, capsys):
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    add_tap_instance(deps, secret="wrong-s3cr3t", initial_lookback="30m")
+    try:
+        handle_poll_event("tap", {}, FakeContext(), deps=deps)
+    except Exception as exc:
+        error = f"{exc!r} {exc}"
+    text = "\n".join(json_logs()) + capsys.readouterr().out + error
+    assert "rejected the service principal/secret" in text
+    assert "wrong-s3cr3t" not in text
+    assert "wrong-s3cr3t" not in repr(deps.secrets.get("proofpoint-collector/test/acme"))
+
+
+def test_bad_events_are_refused_with_a_clear_message():
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    import pytest
+    from ppcollector.errors import SettingsError
+
+    with pytest.raises(SettingsError, match='"instance" must be an instance name'):
+        handle_poll_event("tap", {"instance": 5}, FakeContext(), deps=deps)
+    with pytest.raises(SettingsError, match="no tap instance named 'nope'"):
+        handle_poll_event("tap", {"instance": "nope"}, FakeContext(), deps=deps)
+    with pytest.raises(SettingsError, match="must be a JSON object"):
+        handle_poll_event("tap", ["x"], FakeContext(), deps=deps)
