@@ -417,6 +417,21 @@ def _environment(values: dict[str, str]):
                 os.environ[key] = value
 
 
+@contextmanager
+def _logs_to_stderr():
+    from contextlib import redirect_stdout
+
+    from .observability import logger
+
+    handler = logger.registered_handler
+    previous = handler.setStream(sys.stderr)
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        handler.setStream(previous)
+
+
 def cmd_local_invoke(args: argparse.Namespace) -> int:
     from . import local_deploy
 
@@ -447,8 +462,10 @@ def cmd_local_invoke(args: argparse.Namespace) -> int:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         context = LocalContext(physical, int(config.get("MemorySize", 512)), int(config.get("Timeout", 300)))
-        result = getattr(module, function_name)(event, context)
-    emit(args, result)
+        # Like `sam local invoke`: the function's logs and metrics on stderr, its response on stdout.
+        with _logs_to_stderr():
+            result = getattr(module, function_name)(event, context)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -11,7 +11,8 @@ import re
 from datetime import UTC, datetime, timedelta
 
 _OFFSET_NO_COLON = re.compile(r"([+-])(\d{2})(\d{2})$")
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+)\s*(sec|min|s|m|h|d)?", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(?:\d+\s*(?:sec|min|s|m|h|d)?\s*)+$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
@@ -61,10 +62,11 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
         return timedelta(seconds=value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 2d)")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()])
+    text = str(value)
+    if not _DURATION.match(text):
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 2d, 1h30m)")
+    return timedelta(seconds=sum(int(number) * _UNIT_SECONDS[(unit or "s").lower()]
+                                 for number, unit in _DURATION_PART.findall(text)))
 
 
 def format_duration(delta: timedelta) -> str:

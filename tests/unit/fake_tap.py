@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import requests
+
 from ppcollector.timeutil import format_rfc3339, parse_timestamp
 
 

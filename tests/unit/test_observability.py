@@ -6,7 +6,6 @@ import json
 from datetime import timedelta
 
 from ppcollector.runtime import handle_poll_event
-
 from tests.fakes import FakeClock, FakeContext, add_tap_instance, make_deps
 from tests.unit.fake_tap import FakeResponse, FakeTap
 from tests.unit.test_tap_poller import click
@@ -88,6 +87,7 @@ def test_bad_events_are_refused_with_a_clear_message():
     clock, tap = FakeClock(), FakeTap()
     deps, _ = make_deps(clock, tap)
     import pytest
+
     from ppcollector.errors import SettingsError
 
     with pytest.raises(SettingsError, match='"instance" must be an instance name'):

@@ -6,10 +6,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+
 from ppcollector.errors import SinkError
 from ppcollector.records import build_record
 from ppcollector.sinks import BatchInfo, KinesisSink, S3Sink, SinkSet
-
 from tests.fakes import gunzip_lines
 
 RECEIVED = datetime(2026, 11, 20, 13, 0, 0, tzinfo=UTC)

@@ -6,12 +6,12 @@ import json
 from datetime import timedelta
 
 import pytest
+
 from ppcollector.connectors.tap import TapConnector, plan_window
 from ppcollector.errors import SettingsError
 from ppcollector.spine import Deadline, PollFailed, run_tick
 from ppcollector.state import ACTIVE, DEGRADED, FAILED
 from ppcollector.timeutil import format_rfc3339, parse_timestamp
-
 from tests.fakes import FakeClock, add_tap_instance, make_deps
 from tests.unit.fake_tap import FakeResponse, FakeTap
 

@@ -21,6 +21,7 @@ import ijson
 import requests
 
 from ..budget import credential_key
+from ..crashpoints import AFTER_FETCH, AFTER_SINK_COMMIT, crashpoint
 from ..errors import (
     SettingsError,
     VendorAccessError,
@@ -460,6 +461,7 @@ class TapConnector:
                  cursor: Cursor) -> Cursor:
         """pull -> write -> checkpoint, in that order: the cursor moves only after every sink acknowledged."""
         deps, instance, report = ctx.deps, ctx.instance, ctx.report
+        crashpoint(AFTER_FETCH)
         query_end = body.query_end_time(plan.start, plan.end)
         batch = BatchInfo(SOURCE, instance.name, f"{stream}_{format_compact(plan.start)}_"
                                                  f"{format_compact(plan.end)}")
@@ -479,6 +481,7 @@ class TapConnector:
         except BaseException:
             writer.abort()
             raise
+        crashpoint(AFTER_SINK_COMMIT)
         cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(query_end))
         report.events += count
         report.windows += 1
