@@ -28,8 +28,11 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def aws_endpoint():
     """moto's server on 127.0.0.1 and a random port; the SDK finds it through AWS_ENDPOINT_URL."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
