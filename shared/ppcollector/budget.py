@@ -45,13 +45,16 @@ class RateBudget:
     def __init__(self, kv: KeyValueStore, limit: int, reserve_fraction: float = 0.1) -> None:
         self.kv = kv
         self.limit = limit
-        self.reserve = int(limit * reserve_fraction)
+        self.reserve_fraction = reserve_fraction
 
     def _key(self, credential: str, pool: str) -> tuple[str, str]:
         return f"budget#{credential}", f"pool#{pool}"
 
-    def acquire(self, credential: str, pool: str, now: datetime, catch_up: bool = False) -> Grant:
-        """Record one request in the pool if the budget allows it."""
+    def acquire(self, credential: str, pool: str, now: datetime, catch_up: bool = False,
+                limit: int | None = None) -> Grant:
+        """Record one request in the pool if the budget allows it (``limit`` overrides the default)."""
+        limit = limit or self.limit
+        reserve = int(limit * self.reserve_fraction)
         pk, sk = self._key(credential, pool)
         now_epoch = int(now.timestamp())
         for _ in range(20):
@@ -60,16 +63,16 @@ class RateBudget:
             recent = [t for t in data.get("requests", []) if t > now_epoch - WINDOW.total_seconds()]
             throttled_until = data.get("throttled_until")
             if throttled_until and parse_timestamp(throttled_until) > now:
-                return Grant(False, len(recent), self.limit, parse_timestamp(throttled_until),
+                return Grant(False, len(recent), limit, parse_timestamp(throttled_until),
                              f"Proofpoint throttled this credential (HTTP 429); backing off until {throttled_until}")
-            cap = self.limit - self.reserve if catch_up else self.limit
+            cap = limit - reserve if catch_up else limit
             if len(recent) >= cap:
                 # The slot frees when the oldest request that keeps us at the cap leaves the 24 h window.
                 oldest = sorted(recent)[len(recent) - cap]
                 retry_at = datetime.fromtimestamp(oldest, tz=now.tzinfo) + WINDOW
                 what = "catch-up share of the" if catch_up else "whole"
-                return Grant(False, len(recent), self.limit, retry_at,
-                             f"rate budget: the {what} {self.limit}/24 h {pool} pool is used; next request at "
+                return Grant(False, len(recent), limit, retry_at,
+                             f"rate budget: the {what} {limit}/24 h {pool} pool is used; next request at "
                              f"{format_rfc3339(retry_at)}")
             recent.append(now_epoch)
             data["requests"] = recent
@@ -77,14 +80,14 @@ class RateBudget:
                 self.kv.put(pk, sk, data, item.version if item else 0)
             except VersionConflict:
                 continue
-            return Grant(True, len(recent), self.limit)
-        return Grant(False, 0, self.limit, now + timedelta(seconds=30), "rate budget: too much contention")
+            return Grant(True, len(recent), limit)
+        return Grant(False, 0, limit, now + timedelta(seconds=30), "rate budget: too much contention")
 
-    def usage(self, credential: str, pool: str, now: datetime) -> Grant:
+    def usage(self, credential: str, pool: str, now: datetime, limit: int | None = None) -> Grant:
         pk, sk = self._key(credential, pool)
         item = self.kv.get(pk, sk)
         recent = [t for t in (item.data.get("requests", []) if item else []) if t > now.timestamp() - 86400]
-        return Grant(True, len(recent), self.limit)
+        return Grant(True, len(recent), limit or self.limit)
 
     def record_throttle(self, credential: str, pool: str, now: datetime,
                         retry_after: float | None = None) -> datetime:
