@@ -539,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
+        os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]  # boto3 reads only the latter
     parser = build_parser()
     args = parser.parse_args(argv)
     args.stack = getattr(args, "stack", None) or default_stack_name()

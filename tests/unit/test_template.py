@@ -1,0 +1,313 @@
+"""The guarantees template.yaml gives users and operators, read from the template itself.
+
+The template is the single source of truth: these tests parse it (CloudFormation short tags
+understood) rather than restating its values elsewhere. No network: the SAM transform used at
+the end runs offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ppcollector.local_deploy import load_template, transform
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+
+STACK_OUTPUTS = {
+    "StateTableName",
+    "RawBucketName",
+    "EventStreamName",
+    "SinkMode",
+    "SecretPrefix",
+    "TapPollerFunctionName",
+    "TapPollerLogGroupName",
+    "SharedLayerArn",
+}
+TAP_POLLER_ENVIRONMENT = {
+    "STATE_TABLE",
+    "RAW_BUCKET",
+    "EVENT_STREAM",
+    "SINKS",
+    "SECRET_PREFIX",
+    "TAP_DEFAULT_SETTLE_LAG_SECONDS",
+    "TAP_RATE_LIMIT_PER_DAY",
+}
+# Actions that have no resource-level permissions, so Resource "*" is the only option.
+UNSCOPABLE_ACTIONS = {"cloudwatch:PutMetricData", "xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def _branches(node: Any) -> Iterator[Any]:
+    """Both branches of an Fn::If (AWS::NoValue dropped), or the node itself."""
+    if isinstance(node, dict) and set(node) == {"Fn::If"}:
+        for branch in node["Fn::If"][1:]:
+            yield from _branches(branch)
+    elif node != {"Ref": "AWS::NoValue"}:
+        yield node
+
+
+def _statements(node: Any) -> Iterator[dict[str, Any]]:
+    """Every IAM policy statement anywhere in a template fragment, conditional ones included."""
+    if isinstance(node, dict):
+        if "Effect" in node and ({"Action", "NotAction"} & set(node)):
+            yield node
+            return
+        for value in node.values():
+            yield from _statements(value)
+    elif isinstance(node, list):
+        for item in node:
+            for branch in _branches(item):
+                yield from _statements(branch)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _function_properties(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
+    """A function's properties with the Function Globals merged in, as SAM does."""
+    globals_ = template.get("Globals", {}).get("Function", {})
+    own = template["Resources"][logical_id]["Properties"]
+    merged = {**globals_, **own}
+    merged["Environment"] = {
+        "Variables": {
+            **globals_.get("Environment", {}).get("Variables", {}),
+            **own.get("Environment", {}).get("Variables", {}),
+        }
+    }
+    return merged
+
+
+# --- IAM ----------------------------------------------------------------------------------------
+
+
+def test_template_has_iam_statements(template):
+    assert len(list(_statements(template["Resources"]))) >= 6
+
+
+def test_no_wildcard_actions(template):
+    for statement in _statements(template["Resources"]):
+        assert "NotAction" not in statement, statement
+        for action in _as_list(statement["Action"]):
+            assert action != "*", statement
+            service, _, name = action.partition(":")
+            assert name, f"action {action!r} has no service prefix"
+            assert "*" not in service, statement
+            if statement["Effect"] == "Allow":
+                assert "*" not in name, f"Allow of a wildcard action {action!r}"
+
+
+def test_resource_star_only_for_unscopable_actions(template):
+    for statement in _statements(template["Resources"]):
+        if statement["Effect"] != "Allow":
+            continue
+        assert "NotResource" not in statement, statement
+        if "*" in _as_list(statement["Resource"]):
+            assert set(_as_list(statement["Action"])) <= UNSCOPABLE_ACTIONS, statement
+
+
+def test_put_metric_data_limited_to_own_namespace(template):
+    metric_statements = [
+        s for s in _statements(template["Resources"]) if "cloudwatch:PutMetricData" in _as_list(s["Action"])
+    ]
+    assert metric_statements
+    for statement in metric_statements:
+        assert statement["Condition"]["StringEquals"]["cloudwatch:namespace"] == "ProofpointCollector"
+
+
+def test_tap_poller_policies_are_inline_and_scoped(template):
+    policies = template["Resources"]["TapPollerFunction"]["Properties"]["Policies"]
+    # No managed policies or SAM policy templates by name: every grant is visible here.
+    assert all(isinstance(policy, dict) and "Statement" in policy for policy in policies)
+    by_sid = {s["Sid"]: s for s in _statements(policies)}
+    assert by_sid["StateTableReadWrite"]["Resource"] == {"Fn::GetAtt": ["StateTable", "Arn"]}
+    assert set(by_sid["StateTableReadWrite"]["Action"]) == {
+        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
+    }
+    assert by_sid["RawBucketWrite"]["Resource"] == {"Fn::Sub": "${RawBucket.Arn}/proofpoint/*"}
+    assert by_sid["EventStreamWrite"]["Resource"] == {"Fn::GetAtt": ["EventStream", "Arn"]}
+    assert "kms:ViaService" in by_sid["EventStreamEncrypt"]["Condition"]["StringEquals"]
+    assert by_sid["InstanceSecretsRead"]["Action"] == "secretsmanager:GetSecretValue"
+    assert by_sid["InstanceSecretsRead"]["Resource"]["Fn::Sub"].endswith(
+        ":secret:proofpoint-collector/${AWS::StackName}/*"
+    )
+
+
+def test_kinesis_grants_only_when_kinesis_is_a_sink(template):
+    statements = template["Resources"]["TapPollerFunction"]["Properties"]["Policies"][0]["Statement"]
+    conditional = {item["Fn::If"][1]["Sid"]: item["Fn::If"][0] for item in statements if "Fn::If" in item}
+    assert conditional == {"EventStreamWrite": "UsesKinesis", "EventStreamEncrypt": "UsesKinesis"}
+    assert template["Conditions"]["UsesKinesis"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "SinkMode"}, "s3"]}]}
+
+
+def test_transformed_role_adds_only_basic_execution_and_xray():
+    cfn = transform(TEMPLATE)
+    roles = {k: r for k, r in cfn["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+    managed = {
+        arn["Fn::Sub"] if isinstance(arn, dict) else arn
+        for arn in roles["TapPollerFunctionRole"]["Properties"]["ManagedPolicyArns"]
+    }
+    assert {arn.rsplit("/", 1)[-1] for arn in managed} == {"AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}
+    for statement in _statements(cfn["Resources"]):  # the roles SAM generates obey the same rules
+        for action in _as_list(statement["Action"]):
+            assert action != "*" and "*" not in action.partition(":")[0]
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+def test_state_table(resources):
+    table = resources["StateTable"]
+    properties = table["Properties"]
+    assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert {(k["AttributeName"], k["KeyType"]) for k in properties["KeySchema"]} == {("pk", "HASH"), ("sk", "RANGE")}
+    assert {(a["AttributeName"], a["AttributeType"]) for a in properties["AttributeDefinitions"]} == {
+        ("pk", "S"), ("sk", "S"),
+    }
+    assert properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert properties["SSESpecification"]["SSEEnabled"] is True
+    assert "TimeToLiveSpecification" not in properties  # cursors never expire
+
+
+def test_raw_bucket_is_private_encrypted_versioned_and_retained(resources):
+    bucket = resources["RawBucket"]
+    properties = bucket["Properties"]
+    assert bucket["DeletionPolicy"] == bucket["UpdateReplacePolicy"] == "Retain"
+    assert properties["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+    }
+    assert properties["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    assert properties["VersioningConfiguration"]["Status"] == "Enabled"
+    (rule,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+
+
+def test_raw_bucket_lifecycle(template, resources):
+    rules = resources["RawBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    unconditional = [r for r in rules if "Fn::If" not in r]
+    assert any(r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") == 7 for r in unconditional)
+    # Expiration exists only when RawRetentionDays is not 0 (0 keeps objects forever).
+    assert not any("ExpirationInDays" in r for r in unconditional)
+    (expiring,) = [r["Fn::If"] for r in rules if "Fn::If" in r]
+    assert expiring[0] == "HasRawRetention"
+    assert expiring[1]["ExpirationInDays"] == {"Ref": "RawRetentionDays"}
+    assert expiring[2] == {"Ref": "AWS::NoValue"}
+    assert template["Conditions"]["HasRawRetention"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "RawRetentionDays"}, 0]}]}
+    assert template["Parameters"]["RawRetentionDays"]["Default"] == 0
+
+
+def test_raw_bucket_policy_denies_plain_http(resources):
+    policy = resources["RawBucketPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "RawBucket"}
+    denies = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    assert any(
+        s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        and s["Principal"] == "*"
+        and s["Action"] in ("s3:*", ["s3:*"])
+        and {"Fn::GetAtt": ["RawBucket", "Arn"]} in s["Resource"]
+        and {"Fn::Sub": "${RawBucket.Arn}/*"} in s["Resource"]
+        for s in denies
+    )
+
+
+def test_event_stream_on_demand_and_kms(resources):
+    properties = resources["EventStream"]["Properties"]
+    assert properties["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}
+    assert "ShardCount" not in properties
+    assert properties["StreamEncryption"] == {"EncryptionType": "KMS", "KeyId": "alias/aws/kinesis"}
+
+
+# --- layer and function -------------------------------------------------------------------------
+
+
+def test_shared_layer(resources):
+    layer = resources["SharedLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
+    assert layer["Properties"]["ContentUri"] == "shared/"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.14"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+
+
+def test_tap_poller_function(template, resources):
+    function = resources["TapPollerFunction"]
+    properties = _function_properties(template, "TapPollerFunction")
+    assert function["Metadata"]["BuildMethod"] == "makefile"
+    assert properties["CodeUri"] == "functions/tap_poller/"
+    assert properties["Handler"] == "app.handler"
+    assert properties["Runtime"] == "python3.14"
+    assert properties["Architectures"] == ["arm64"]
+    assert properties["Tracing"] == "Active"
+    assert properties["Timeout"] == 300
+    assert properties["MemorySize"] == 512
+    assert properties["EphemeralStorage"] == {"Size": 2048}
+    assert properties["Layers"] == [{"Ref": "SharedLayer"}]
+
+
+def test_tap_poller_runs_every_minute_without_retries(resources):
+    properties = resources["TapPollerFunction"]["Properties"]
+    schedules = [e["Properties"] for e in properties["Events"].values() if e["Type"] == "ScheduleV2"]
+    assert len(schedules) == 1
+    assert schedules[0]["ScheduleExpression"] == "rate(1 minute)"
+    assert schedules[0]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    assert properties["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+
+
+def test_tap_poller_environment(template):
+    variables = _function_properties(template, "TapPollerFunction")["Environment"]["Variables"]
+    assert set(variables) >= TAP_POLLER_ENVIRONMENT
+    assert variables["STATE_TABLE"] == {"Ref": "StateTable"}
+    assert variables["RAW_BUCKET"] == {"Ref": "RawBucket"}
+    assert variables["EVENT_STREAM"] == {"Ref": "EventStream"}
+    assert variables["SINKS"] == {"Ref": "SinkMode"}
+    assert variables["SECRET_PREFIX"] == {"Fn::Sub": "proofpoint-collector/${AWS::StackName}"}
+    assert variables["TAP_DEFAULT_SETTLE_LAG_SECONDS"] == {"Ref": "TapSettleLagSeconds"}
+    assert variables["TAP_RATE_LIMIT_PER_DAY"] == {"Ref": "TapRateLimitPerDay"}
+    powertools = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert powertools["POWERTOOLS_SERVICE_NAME"] == "proofpoint-collector"
+    assert powertools["POWERTOOLS_METRICS_NAMESPACE"] == "ProofpointCollector"
+    assert powertools["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
+
+
+def test_tap_poller_log_group(template, resources):
+    log_group = resources["TapPollerLogGroup"]["Properties"]
+    assert log_group["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${TapPollerFunction}"}
+    assert log_group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
+
+
+# --- parameters and outputs ---------------------------------------------------------------------
+
+
+def test_parameters(template):
+    parameters = template["Parameters"]
+    assert set(parameters["SinkMode"]["AllowedValues"]) == {"s3", "kinesis", "both"}
+    assert parameters["SinkMode"]["Default"] == "both"
+    assert parameters["TapSettleLagSeconds"]["Default"] == 300
+    assert (parameters["TapSettleLagSeconds"]["MinValue"], parameters["TapSettleLagSeconds"]["MaxValue"]) == (0, 3600)
+    assert parameters["TapRateLimitPerDay"]["Default"] == 1800
+    assert parameters["LogLevel"]["Default"] == "INFO"
+    assert set(parameters["LogRetentionDays"]["AllowedValues"]) <= {
+        1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+    }
+
+
+def test_outputs(template):
+    outputs = template["Outputs"]
+    assert set(outputs) >= STACK_OUTPUTS
+    assert all("Condition" not in outputs[name] for name in STACK_OUTPUTS)
+    assert outputs["SecretPrefix"]["Value"] == {"Fn::Sub": "proofpoint-collector/${AWS::StackName}"}
