@@ -6,12 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 export SAM_CLI_TELEMETRY := 0
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: help venv lint unit integration template-check test demo bench build clean
+.PHONY: help venv lint unit integration template-check test demo build clean
 
 help:
 	@echo "make demo   - run the whole pipeline locally (Proofpoint simulator + local AWS emulator on loopback)"
 	@echo "make test   - lint, unit tests, integration tests and template checks"
-	@echo "make bench  - performance benchmarks (not part of make test)"
 	@echo "make build  - sam build (Docker-free)"
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
@@ -42,9 +41,6 @@ build: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py
-
-bench: $(STAMP)
-	$(BIN)/python tools/bench.py
 
 clean:
 	rm -rf .aws-sam .demo .bench $(VENV)
