@@ -121,6 +121,10 @@ def test_instance_lifecycle_and_validation_messages(deployed_stack, sim):
     shown = json.loads(run_ppctl("instance", "show", "life-tap", "--json", "--stack", stack).stdout)
     assert shown["settings"]["threat_status"] == ["active", "cleared"]
     assert SIM_SECRET not in json.dumps(shown)
+    queued = json.loads(run_ppctl("backfill", "life-tap", "--since", (utcnow() - timedelta(hours=2)).isoformat(),
+                                  "--until", (utcnow() - timedelta(hours=1)).isoformat(), "--json",
+                                  "--stack", stack).stdout)
+    assert queued["streams"] == ["all"]
     run_ppctl("instance", "disable", "life-tap", "--stack", stack)
     rows = {r["name"]: r for r in json.loads(run_ppctl("status", "--json", "--stack", stack).stdout)}
     assert rows["life-tap"]["state"] == "Disabled"

@@ -375,3 +375,27 @@ def test_steady_polling_held_back_by_an_exhausted_budget_is_degraded(clock, tap)
     [outcome] = tick(deps)
     assert tap.requests == []
     assert outcome.state == DEGRADED and "rate budget" in deps.state.get_status("acme")["reason"]
+
+
+# --- backfill ----------------------------------------------------------------------------------
+
+def test_backfill_recollects_the_range_and_then_stops(clock, tap):
+    deps, sink = make_deps(clock, tap)
+    add_tap_instance(deps, initial_lookback="10m")
+    tick(deps)  # the live cursor is now current
+    since, until = clock.now - timedelta(hours=5, minutes=20), clock.now - timedelta(hours=3)
+    tap.events_by_type["messagesBlocked"] = [message(clock.now - timedelta(hours=h, minutes=10), id_=f"b{h}")
+                                             for h in range(2, 7)]
+    deps.state.set_cursor("acme", "backfill-all", format_rfc3339(since), until=format_rfc3339(until))
+    tap.requests.clear()
+    clock.advance(minutes=5)
+    tick(deps)
+    backfill = [r for r in tap.requests if r.start < clock.now - timedelta(hours=1)]
+    assert backfill[0].start == since and backfill[-1].end == until
+    assert all(r.end - r.start <= timedelta(hours=1) for r in backfill)
+    assert sorted(r["raw"]["id"] for r in sink.records) == ["b3", "b4", "b5"]
+    assert deps.state.get_cursor("acme", "backfill-all").data["done"] is True
+    tap.requests.clear()
+    clock.advance(minutes=5)
+    tick(deps)
+    assert all(r.start >= clock.now - timedelta(hours=1) for r in tap.requests)  # backfill not repeated
