@@ -455,7 +455,8 @@ def cmd_local_invoke(args: argparse.Namespace) -> int:
     spec = importlib.util.spec_from_file_location(f"local_{logical}", code_dir / f"{module_name}.py")
     if spec is None or spec.loader is None:
         raise CliError(f"cannot load {code_dir / module_name}.py")
-    with _environment({**env, "AWS_LAMBDA_FUNCTION_NAME": physical}):
+    # The emulator cannot run functions, so a tick polls the due instances in-process (inline dispatch).
+    with _environment({**env, "AWS_LAMBDA_FUNCTION_NAME": physical, "DISPATCH_MODE": "inline"}):
         from . import runtime
 
         runtime._DEPS = None  # the stack's environment, not a previous one

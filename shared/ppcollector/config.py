@@ -20,6 +20,8 @@ class RuntimeConfig:
     secret_prefix: str
     tap_settle_lag_seconds: int = 300
     tap_rate_limit_per_day: int = 1800
+    dispatch_mode: str = "inline"  # template.yaml sets "lambda": one async invocation per due instance
+    function_name: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> RuntimeConfig:
@@ -46,7 +48,15 @@ class RuntimeConfig:
         sinks = env.get("SINKS", "both").strip().lower()
         if sinks not in SINK_MODES:
             raise SettingsError(f"environment variable SINKS={sinks!r} must be one of s3, kinesis, both")
+        dispatch_mode = env.get("DISPATCH_MODE", "inline").strip().lower() or "inline"
+        if dispatch_mode not in ("inline", "lambda"):
+            raise SettingsError(f"environment variable DISPATCH_MODE={dispatch_mode!r} must be inline or lambda")
+        function_name = env.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        if dispatch_mode == "lambda" and not function_name:
+            raise SettingsError("DISPATCH_MODE=lambda needs AWS_LAMBDA_FUNCTION_NAME (set by Lambda)")
         return cls(
+            dispatch_mode=dispatch_mode,
+            function_name=function_name,
             state_table=required("STATE_TABLE"),
             raw_bucket=required("RAW_BUCKET"),
             event_stream=required("EVENT_STREAM") if sinks != "s3" else env.get("EVENT_STREAM", ""),
@@ -65,4 +75,5 @@ class RuntimeConfig:
             "SECRET_PREFIX": self.secret_prefix,
             "TAP_DEFAULT_SETTLE_LAG_SECONDS": str(self.tap_settle_lag_seconds),
             "TAP_RATE_LIMIT_PER_DAY": str(self.tap_rate_limit_per_day),
+            "DISPATCH_MODE": self.dispatch_mode,
         }

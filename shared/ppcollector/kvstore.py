@@ -35,6 +35,8 @@ class KeyValueStore(Protocol):
 
     def query(self, pk: str) -> list[Item]: ...
 
+    def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]: ...
+
 
 class MemoryKV:
     """In-memory store with the same conditional semantics as DynamoDB."""
@@ -66,6 +68,9 @@ class MemoryKV:
         with self._lock:
             keys = sorted(k for k in self._items if k[0] == pk)
         return [item for item in (self.get(*k) for k in keys) if item]
+
+    def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        return {key: item for key in keys if (item := self.get(*key))}
 
 
 class DynamoKV:
@@ -135,6 +140,24 @@ class DynamoKV:
             if "LastEvaluatedKey" not in response:
                 return items
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def get_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """BatchGetItem in chunks of 100 (the API's limit), retrying unprocessed keys."""
+        found: dict[tuple[str, str], Item] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 100):
+            request = {self.table_name: {
+                "Keys": [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in unique[start:start + 100]],
+                "ConsistentRead": True}}
+            for _ in range(10):
+                response = self._client.batch_get_item(RequestItems=request)
+                for raw in response.get("Responses", {}).get(self.table_name, []):
+                    item = self._to_item(raw)
+                    found[(item.pk, item.sk)] = item
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+        return found
 
     @staticmethod
     def _to_item(raw: dict[str, Any]) -> Item:

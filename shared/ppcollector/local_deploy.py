@@ -70,6 +70,10 @@ EMULATOR_UNSUPPORTED_TYPES = frozenset(
         "AWS::Scheduler::Schedule",  # ScheduleV2 events: nothing fires locally anyway
         "AWS::S3::BucketPolicy",  # the TLS-only deny; moto does not enforce bucket policies
         "AWS::Lambda::EventInvokeConfig",  # async retry settings; nothing retries locally
+        "AWS::CloudWatch::Alarm",  # alarms: the emulator evaluates none
+        "AWS::SNS::Subscription",  # the optional alarm e-mail
+        "AWS::SNS::TopicPolicy",  # CloudWatch's permission to publish alarms
+        "AWS::Logs::QueryDefinition",  # saved queries; ppctl logs sends its own query
     }
 )
 # Resource types moto 5.2.5's CloudFormation creates but cannot update: an update that changes

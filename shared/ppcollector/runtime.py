@@ -9,17 +9,19 @@ from typing import Any
 from .budget import RateBudget
 from .config import RuntimeConfig
 from .connectors import get_connector
+from .dispatch import Dispatcher, InlineDispatcher, LambdaDispatcher, dispatch_tick
 from .errors import SettingsError
 from .http import make_session
 from .kvstore import DynamoKV
 from .observability import logger
 from .secrets import SecretsManagerStore
 from .sinks import KinesisSink, S3Sink, SinkSet
-from .spine import Deadline, Deps, raise_for_failures, run_tick
+from .spine import Deadline, Deps, poll_one, raise_for_failures
 from .state import StateStore
 from .timeutil import utcnow
 
 _DEPS: Deps | None = None
+_DISPATCHER: Dispatcher | None = None
 
 
 def aws_clients(session: Any = None) -> dict[str, Any]:
@@ -29,7 +31,7 @@ def aws_clients(session: Any = None) -> dict[str, Any]:
     session = session or boto3.session.Session()
     config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
     return {name: session.client(name, config=config)
-            for name in ("dynamodb", "s3", "kinesis", "secretsmanager")}
+            for name in ("dynamodb", "s3", "kinesis", "secretsmanager", "lambda")}
 
 
 def build_deps(config: RuntimeConfig, clients: dict[str, Any] | None = None) -> Deps:
@@ -48,30 +50,46 @@ def build_deps(config: RuntimeConfig, clients: dict[str, Any] | None = None) -> 
         budget=RateBudget(kv, config.tap_rate_limit_per_day),
         clock=utcnow,
         http=make_session(),
+        new_http=make_session,
         settle_lag_default=timedelta(seconds=config.tap_settle_lag_seconds),
     )
 
 
-def deps_from_env() -> Deps:
+def deps_from_env() -> tuple[Deps, Dispatcher]:
     """Cold start: validate the environment once, reuse the clients across warm invocations."""
-    global _DEPS
-    if _DEPS is None:
-        _DEPS = build_deps(RuntimeConfig.from_env())
-    return _DEPS
+    global _DEPS, _DISPATCHER
+    if _DEPS is None or _DISPATCHER is None:
+        config = RuntimeConfig.from_env()
+        clients = aws_clients()
+        _DEPS = build_deps(config, clients)
+        _DISPATCHER = (LambdaDispatcher(clients["lambda"], config.function_name) if config.dispatch_mode == "lambda"
+                       else InlineDispatcher())
+    return _DEPS, _DISPATCHER
 
 
-def handle_poll_event(connector_name: str, event: Any, context: Any, deps: Deps | None = None) -> dict[str, Any]:
-    """A scheduled event polls every enabled, due instance; ``{"instance": NAME}`` polls that one now."""
+def handle_poll_event(connector_name: str, event: Any, context: Any, deps: Deps | None = None,
+                      dispatcher: Dispatcher | None = None) -> dict[str, Any]:
+    """A scheduled event dispatches every enabled, due instance; ``{"instance": NAME}`` polls that one.
+
+    ``{"instance": NAME}`` alone (``sam local invoke``, ``ppctl local invoke``) polls now, due or not;
+    with ``"dispatched"`` (sent by a tick) it polls only if still due, so a twice-delivered event is a no-op.
+    """
     if not isinstance(event, dict):
         raise SettingsError(f"the event must be a JSON object, got {type(event).__name__}")
     only = event.get("instance")
     if only is not None and (not isinstance(only, str) or not only):
         raise SettingsError('"instance" must be an instance name, e.g. {"instance": "acme-tap"}')
     connector = get_connector(connector_name)
-    deps = deps or deps_from_env()
+    if deps is None:
+        deps, dispatcher = deps_from_env()
     logger.append_keys(connector=connector.name)
-    outcomes = run_tick(connector, deps, Deadline.from_context(context), only=only)
+    deadline = Deadline.from_context(context)
+    if only is not None:
+        outcomes = poll_one(connector, deps, deadline, only, force=not event.get("dispatched"))
+    else:
+        outcomes = dispatch_tick(connector, deps, dispatcher or InlineDispatcher(), deadline)
     summary = {"connector": connector.name, "polled": sum(o.polled for o in outcomes),
+               "dispatched": sum(o.skipped_reason == "dispatched" for o in outcomes),
                "events": sum(o.events for o in outcomes), "outcomes": [asdict(o) for o in outcomes]}
     logger.info(f"{connector.name}: tick done", extra={k: v for k, v in summary.items() if k != "outcomes"})
     raise_for_failures(outcomes)

@@ -30,7 +30,7 @@ from .observability import COUNT, SECONDS, emit_metrics, logger
 from .secrets import Credentials, SecretStore
 from .sinks import SinkSet
 from .state import ACTIVE, DEGRADED, DISABLED, FAILED, MAX_GAPS_KEPT, PENDING, Instance, StateStore
-from .timeutil import format_rfc3339, parse_duration, parse_timestamp, utcnow
+from .timeutil import format_duration, format_rfc3339, parse_duration, parse_timestamp, utcnow
 
 FAILED_RETRY = timedelta(minutes=30)  # a rejected credential is retried slowly, not every minute
 LEASE_MARGIN = timedelta(seconds=60)
@@ -71,6 +71,7 @@ class Deps:
     clock: Callable[[], datetime]
     http: Any  # requests.Session
     settle_lag_default: timedelta = timedelta(seconds=300)
+    new_http: Callable[[], Any] | None = None  # a fresh session per concurrent poll (sessions aren't shared)
 
 
 @dataclass
@@ -182,7 +183,7 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         outcome.error, outcome.raise_error = f"internal error: {type(exc).__name__}: {exc}", True
         outcome.state = _record_failure(deps, instance, DEGRADED, exc)
     else:
-        outcome.state = _record_success(deps, instance, report)
+        outcome.state = _record_success(deps, instance, report, lag_threshold(connector, instance, deps))
     finally:
         deps.state.release_lease(name, owner)
         if not report.caught_up and not outcome.error:
@@ -210,7 +211,15 @@ def _set_state(deps: Deps, instance: Instance, state: str, reason: str) -> None:
     deps.state.update_status(instance.name, lambda s: _transition(instance, s, state, reason))
 
 
-def _record_success(deps: Deps, instance: Instance, report: PollReport) -> str:
+def lag_threshold(connector: Connector, instance: Instance, deps: Deps) -> timedelta:
+    """Above this collection lag an instance is Degraded: 3 polling intervals, plus the connector's own
+    expected delay (TAP's settle lag)."""
+    interval = parse_duration(instance.settings.get("poll_interval", "5m"))
+    expected = getattr(connector, "expected_lag", None)
+    return 3 * interval + (expected(instance, deps) if expected else timedelta(0))
+
+
+def _record_success(deps: Deps, instance: Instance, report: PollReport, threshold: timedelta) -> str:
     now = deps.clock()
 
     def mutate(status: dict[str, Any]) -> None:
@@ -228,6 +237,10 @@ def _record_success(deps: Deps, instance: Instance, report: PollReport) -> str:
                         f"unrecoverable gap {gap['start']} .. {gap['end']} ({gap['stream']}): {gap['why']}")
         elif report.paused_reason:
             _transition(instance, status, DEGRADED, report.paused_reason)
+        elif report.oldest_cursor and now - report.oldest_cursor > threshold:
+            lag = format_duration(timedelta(seconds=int((now - report.oldest_cursor).total_seconds())))
+            _transition(instance, status, DEGRADED,
+                        f"catching up: collection lag {lag} is above {format_duration(threshold)}")
         else:
             _transition(instance, status, ACTIVE, "polling normally" if report.caught_up else "catching up")
 
@@ -288,27 +301,20 @@ def _emit_poll_metrics(connector: Connector, instance: Instance, deps: Deps, rep
         if outcome.state == DEGRADED and "429" in outcome.error:
             values["Throttles"] = (1, COUNT)
     emit_metrics(connector.name, instance.name, values)
+    if report.gaps:  # the connector-level series the gap alarm watches
+        emit_metrics(connector.name, None, {"Gaps": (len(report.gaps), COUNT)})
 
 
-def run_tick(connector: Connector, deps: Deps, deadline: Deadline, only: str | None = None) -> list[Outcome]:
-    """A scheduled tick polls every enabled, due instance; ``only`` polls that one instance now."""
-    if only is not None:
-        instance = deps.state.get_instance(only)
-        if instance is None or instance.connector != connector.name:
-            raise SettingsError(f"no {connector.name} instance named {only!r}")
-        instances = [instance]
-    else:
-        instances = sorted(deps.state.list_instances(connector.name), key=lambda i: i.name)
-    outcomes: list[Outcome] = []
-    for index, instance in enumerate(instances):
-        logger.append_keys(connector=connector.name, instance=instance.name)
-        try:
-            outcome = poll_instance(connector, instance, deps, deadline.share(len(instances) - index),
-                                    force=only is not None)
-        finally:
-            logger.remove_keys(["instance"])
-        outcomes.append(outcome)
-    return outcomes
+def poll_one(connector: Connector, deps: Deps, deadline: Deadline, name: str, force: bool) -> list[Outcome]:
+    """``{"instance": NAME}``: poll that instance now (``force``: even if not due), or as dispatched."""
+    instance = deps.state.get_instance(name)
+    if instance is None or instance.connector != connector.name:
+        raise SettingsError(f"no {connector.name} instance named {name!r}")
+    logger.append_keys(connector=connector.name, instance=instance.name)
+    try:
+        return [poll_instance(connector, instance, deps, deadline, force=force)]
+    finally:
+        logger.remove_keys(["instance"])
 
 
 class PollFailed(CollectorError):

@@ -171,6 +171,12 @@ class StateStore:
         item = self.kv.get(f"inst#{name}", "status")
         return dict(item.data) if item else {"state": PENDING}
 
+    def get_statuses(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """Every instance's status in a few batched reads (the dispatcher's view of hundreds of instances)."""
+        items = self.kv.get_many([(f"inst#{name}", "status") for name in names])
+        return {name: dict(items[(f"inst#{name}", "status")].data) if (f"inst#{name}", "status") in items
+                else {"state": PENDING} for name in names}
+
     def update_status(self, name: str, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         for _ in range(10):
             item = self.kv.get(f"inst#{name}", "status")

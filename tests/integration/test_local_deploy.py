@@ -105,6 +105,7 @@ def test_deploy_creates_the_stack_and_returns_its_outputs(emulator, STACK):
         "SECRET_PREFIX": outputs["SecretPrefix"],
         "TAP_DEFAULT_SETTLE_LAG_SECONDS": "300",
         "TAP_RATE_LIMIT_PER_DAY": "1800",
+        "DISPATCH_MODE": "lambda",
         "POWERTOOLS_SERVICE_NAME": "proofpoint-collector",
         "POWERTOOLS_METRICS_NAMESPACE": "ProofpointCollector",
         "POWERTOOLS_LOG_LEVEL": "INFO",

@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 
 from ppcollector.connectors.tap import TapConnector, plan_window
+from ppcollector.dispatch import InlineDispatcher, dispatch_tick
 from ppcollector.errors import SettingsError
-from ppcollector.spine import Deadline, PollFailed, run_tick
+from ppcollector.spine import Deadline, PollFailed, poll_one
 from ppcollector.state import ACTIVE, DEGRADED, FAILED
 from ppcollector.timeutil import format_rfc3339, parse_timestamp
 from tests.fakes import FakeClock, add_tap_instance, make_deps
@@ -29,8 +30,12 @@ def click(created, id_="click-1"):
             "recipient": "b@example.com", "threatStatus": "active"}
 
 
-def tick(deps, deadline_seconds=300.0, only=None):
-    return run_tick(TAP, deps, Deadline.fixed(deadline_seconds), only=only)
+def tick(deps, deadline_seconds=300.0, only=None, deadline=None):
+    """A scheduled tick (inline dispatch, one worker so request order is deterministic), or one instance now."""
+    deadline = deadline or Deadline.fixed(deadline_seconds)
+    if only:
+        return poll_one(TAP, deps, deadline, only, force=True)
+    return dispatch_tick(TAP, deps, InlineDispatcher(workers=1), deadline)
 
 
 @pytest.fixture
@@ -114,14 +119,16 @@ def test_catch_up_goes_window_by_window_and_resumes_next_invocation(clock, tap):
     tap.events_by_type["messagesBlocked"] = [message(clock.now - timedelta(hours=h, minutes=30), id_=f"m{h}")
                                              for h in range(1, 6)]
     # Each window takes 100 s of a 300 s invocation: the fourth does not fit in the time left.
-    [first] = run_tick(TAP, deps, Deadline(lambda: 300 - 100 * len(tap.requests)))
+    [first] = tick(deps, deadline=Deadline(lambda: 300 - 100 * len(tap.requests)))
     assert len(tap.requests) == 3
     assert all(r.end - r.start == timedelta(hours=1) for r in tap.requests)
     assert [r.start for r in tap.requests[1:]] == [r.end for r in tap.requests[:-1]]  # contiguous
-    assert first.state == ACTIVE and deps.state.get_status("acme")["reason"] == "catching up"
+    # Still hours behind: Degraded with the lag in the reason, until it has caught up.
+    assert first.state == DEGRADED
+    assert deps.state.get_status("acme")["reason"] == "catching up: collection lag 3h is above 20m"
     # Not caught up: due again at once, and the next invocation resumes where this one stopped.
     [second] = tick(deps)
-    assert second.polled and tap.requests[3].start == tap.requests[2].end
+    assert second.polled and second.state == ACTIVE and tap.requests[3].start == tap.requests[2].end
     assert tap.requests[-1].end == clock.now - timedelta(minutes=5)
     assert sorted(r["raw"]["id"] for r in sink.records) == [f"m{h}" for h in range(1, 6)]
 
@@ -363,7 +370,7 @@ def test_rate_budget_is_shared_by_instances_with_the_same_principal_and_never_ex
     assert len(other) == 9
     assert len(permitted) == 6
     status = deps.state.get_status("b")
-    assert status["state"] == ACTIVE and status["reason"] == "catching up"
+    assert status["state"] == DEGRADED and status["reason"].startswith("catching up: collection lag")
 
 
 def test_steady_polling_held_back_by_an_exhausted_budget_is_degraded(clock, tap):

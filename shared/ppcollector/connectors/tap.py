@@ -392,6 +392,14 @@ class TapConnector:
         body.close()
         return f"Proofpoint accepted the credentials (HTTP {body.status} from {endpoint.path})"
 
+    def expected_lag(self, instance: Instance, deps: Deps) -> timedelta:
+        return self._settle_lag(instance.settings, deps)
+
+    def budget_pools(self, instance: Instance) -> list[tuple[str, str, int | None]]:
+        credential = credential_key("tap", instance.settings["principal"])
+        return [(credential, pool, None) for pool in sorted({e.pool for e in endpoints_for(
+            instance.settings["event_types"])})]
+
     @staticmethod
     def _settle_lag(settings: dict[str, Any], deps: Deps) -> timedelta:
         raw = settings.get("settle_lag")
