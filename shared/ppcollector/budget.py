@@ -10,6 +10,8 @@ A 429 sets a persisted backoff on the pool (minutes, doubling), never an in-proc
 from __future__ import annotations
 
 import hashlib
+import random
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,6 +22,12 @@ from .timeutil import format_rfc3339, parse_timestamp
 WINDOW = timedelta(hours=24)
 THROTTLE_BASE = timedelta(minutes=5)
 THROTTLE_MAX = timedelta(minutes=60)
+CONFLICT_ATTEMPTS = 50  # hundreds of instances may share one principal, hence one budget item
+
+
+def _contention_pause(attempt: int) -> None:
+    """Jittered pause between conditional-write retries, so concurrent polls stop colliding."""
+    time.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
 
 
 def credential_key(connector: str, identity: str) -> str:
@@ -57,7 +65,9 @@ class RateBudget:
         reserve = int(limit * self.reserve_fraction)
         pk, sk = self._key(credential, pool)
         now_epoch = int(now.timestamp())
-        for _ in range(20):
+        for attempt in range(CONFLICT_ATTEMPTS):
+            if attempt:
+                _contention_pause(attempt)
             item = self.kv.get(pk, sk)
             data = dict(item.data) if item else {}
             recent = [t for t in data.get("requests", []) if t > now_epoch - WINDOW.total_seconds()]

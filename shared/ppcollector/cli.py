@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ from .errors import CollectorError, SettingsError, VendorAccessError, VendorAuth
 from .runtime import aws_clients, build_deps
 from .spine import FAILED, PENDING, Deps
 from .state import DISABLED, Instance, validate_name
-from .timeutil import TimestampError, format_rfc3339, parse_timestamp, utcnow
+from .timeutil import TimestampError, format_rfc3339, parse_duration, parse_timestamp, utcnow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STACK = "proofpoint-collector"
@@ -368,6 +369,56 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+LOG_GROUP_OUTPUTS = {"tap": "TapPollerLogGroupName", "casb": "CasbPollerLogGroupName",
+                     "pod": "PodStreamerLogGroupName"}
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """That instance's log lines from CloudWatch Logs, through a Logs Insights query."""
+    stack = load_stack(args.stack)
+    instance = _get(stack.deps(), args.name)
+    log_group = stack.outputs.get(LOG_GROUP_OUTPUTS.get(instance.connector, ""))
+    if not log_group:
+        raise CliError(f"stack {stack.name} has no log group output for {instance.connector}")
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        raise CliError(f"--since: {exc}") from exc
+    logs = stack.clients.get("logs") or __import__("boto3").client("logs")
+    end = int(time.time())
+    query = (f'fields @timestamp, @message | filter instance = "{instance.name}" '
+             "| sort @timestamp asc | limit 10000")
+    query_id = logs.start_query(logGroupName=log_group, startTime=end - int(since.total_seconds()),
+                                endTime=end + 1, queryString=query)["queryId"]
+    deadline = time.monotonic() + 120
+    while True:
+        response = logs.get_query_results(queryId=query_id)
+        if response["status"] in ("Complete", "Failed", "Cancelled", "Timeout"):
+            break
+        if time.monotonic() > deadline:
+            raise CliError("the Logs Insights query did not finish in 2 minutes")
+        time.sleep(1)
+    if response["status"] != "Complete":
+        raise CliError(f"the Logs Insights query ended {response['status']}")
+    rows = []
+    for result in response.get("results", []):
+        fields = {f["field"]: f["value"] for f in result}
+        try:
+            line = json.loads(fields.get("@message", ""))
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("instance") == instance.name:  # the filter, re-checked here
+            rows.append(line)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for line in rows:
+            print(f"{line.get('timestamp', '')}  {line.get('level', ''):7}  {line.get('message', '')}")
+        if not rows:
+            print(f"(no log lines for {instance.name} in the last {args.since})")
+    return 0
+
+
 # --- local --------------------------------------------------------------------------------------------
 
 def cmd_local_deploy(args: argparse.Namespace) -> int:
@@ -417,19 +468,54 @@ def _environment(values: dict[str, str]):
                 os.environ[key] = value
 
 
+class _Tee(io.TextIOBase):
+    """Writes through to stderr and keeps the lines, to ship them to CloudWatch Logs like Lambda would."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        sys.stderr.write(text)
+        self._partial += text
+        *complete, self._partial = self._partial.split("\n")
+        self.lines += [line for line in complete if line.strip()]
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 @contextmanager
-def _logs_to_stderr():
+def _function_output(tee: _Tee):
+    """Like ``sam local invoke``: the function's logs and metrics on stderr, its response on stdout."""
     from contextlib import redirect_stdout
 
     from .observability import logger
 
     handler = logger.registered_handler
-    previous = handler.setStream(sys.stderr)
+    previous = handler.setStream(tee)
     try:
-        with redirect_stdout(sys.stderr):
+        with redirect_stdout(tee):
             yield
     finally:
         handler.setStream(previous)
+
+
+def _ship_logs(stack: Stack, log_group: str | None, request_id: str, lines: list[str]) -> None:
+    """Put the invocation's log lines into the function's log group in the emulator (for ppctl logs)."""
+    if not log_group or not lines:
+        return
+    logs = stack.clients.get("logs") or __import__("boto3").client("logs")
+    stream = f"{time.strftime('%Y/%m/%d')}/[local]{request_id}"
+    try:
+        logs.create_log_stream(logGroupName=log_group, logStreamName=stream)
+        now = int(time.time() * 1000)
+        for start in range(0, len(lines), 5000):
+            logs.put_log_events(logGroupName=log_group, logStreamName=stream,
+                                logEvents=[{"timestamp": now, "message": line} for line in lines[start:start + 5000]])
+    except Exception as exc:
+        print(f"warning: could not write the invocation's logs to {log_group}: {_one_line(exc)}", file=sys.stderr)
 
 
 def cmd_local_invoke(args: argparse.Namespace) -> int:
@@ -463,9 +549,13 @@ def cmd_local_invoke(args: argparse.Namespace) -> int:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         context = LocalContext(physical, int(config.get("MemorySize", 512)), int(config.get("Timeout", 300)))
-        # Like `sam local invoke`: the function's logs and metrics on stderr, its response on stdout.
-        with _logs_to_stderr():
-            result = getattr(module, function_name)(event, context)
+        tee = _Tee()
+        try:
+            with _function_output(tee):
+                result = getattr(module, function_name)(event, context)
+        finally:
+            _ship_logs(stack, stack.outputs.get(f"{logical.removesuffix('Function')}LogGroupName"),
+                       context.aws_request_id, tee.lines)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -524,6 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--since", required=True)
     back.add_argument("--until")
     back.set_defaults(func=cmd_backfill)
+
+    logs = sub.add_parser("logs", parents=[common], help="an instance's log lines (CloudWatch Logs Insights)")
+    logs.add_argument("name")
+    logs.add_argument("--since", default="1h", help="how far back (default 1h)")
+    logs.set_defaults(func=cmd_logs)
 
     local = sub.add_parser("local", parents=[common], help="the stack on a local AWS emulator (loopback only)")
     lsub = local.add_subparsers(dest="local_command", required=True)

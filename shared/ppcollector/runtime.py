@@ -31,7 +31,7 @@ def aws_clients(session: Any = None) -> dict[str, Any]:
     session = session or boto3.session.Session()
     config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60)
     return {name: session.client(name, config=config)
-            for name in ("dynamodb", "s3", "kinesis", "secretsmanager", "lambda")}
+            for name in ("dynamodb", "s3", "kinesis", "secretsmanager", "lambda", "logs")}
 
 
 def build_deps(config: RuntimeConfig, clients: dict[str, Any] | None = None) -> Deps:

@@ -164,7 +164,7 @@ def plan_window(cursor: datetime, now: datetime, settle_lag: timedelta,
     if cursor < earliest:
         gap = (cursor, earliest)
         start = earliest
-    ready = now - settle_lag
+    ready = (now - settle_lag).replace(microsecond=0)  # whole seconds: queryEndTime echoes them exactly
     end = min(start + MAX_WINDOW, ready)
     if until is not None:
         if start >= until:
@@ -427,7 +427,7 @@ class TapConnector:
         interval = parse_duration(settings["poll_interval"])
         cursor = deps.state.get_cursor(instance.name, stream)
         if cursor.moment is None:
-            start = deps.clock() - parse_duration(settings["initial_lookback"])
+            start = (deps.clock() - parse_duration(settings["initial_lookback"])).replace(microsecond=0)
             cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(start), initialised=True)
         while True:
             now = deps.clock()
