@@ -119,20 +119,24 @@ def emit_connector_health(connector: Connector, deps: Deps, instances: list[Inst
     values: dict[str, tuple[float, Any]] = {f"Instances{state}": (n, COUNT) for state, n in counts.items()}
     values.update(InstancesDue=(len(due), COUNT), DispatchDuration=(round(duration, 3), SECONDS),
                   WorstCollectionLag=(round(worst_lag, 1), SECONDS))
-    remaining = budget_remaining_percent(connector, deps, instances)
-    if remaining is not None:
-        values["RateBudgetRemainingPercent"] = (remaining, "Percent")
+    per_pool = budget_remaining(connector, deps, instances)
+    if per_pool:
+        values["RateBudgetRemainingPercent"] = (min(p for p, _ in per_pool.values()), "Percent")
+        for pool, (percent, remaining) in per_pool.items():
+            emit_metrics(connector.name, None, {"RateBudgetRemaining": (remaining, COUNT),
+                                                "RateBudgetRemainingPercent": (percent, "Percent")}, pool=pool)
     if counts[FAILED]:
         logger.warning(f"{connector.name}: {counts[FAILED]} instance(s) Failed")
     emit_metrics(connector.name, None, values)
 
 
-def budget_remaining_percent(connector: Connector, deps: Deps, instances: list[Instance]) -> float | None:
+def budget_remaining(connector: Connector, deps: Deps, instances: list[Instance]) -> dict[str, tuple[float, int]]:
+    """Per pool, the lowest remaining budget (percent, requests) over the credentials in use."""
     pools = getattr(connector, "budget_pools", None)
     if pools is None:
-        return None
+        return {}
     now = deps.clock()
-    lowest = None
+    lowest: dict[str, tuple[float, int]] = {}
     seen = set()
     for instance in instances:
         if not instance.enabled:
@@ -142,6 +146,7 @@ def budget_remaining_percent(connector: Connector, deps: Deps, instances: list[I
                 continue
             seen.add((credential, pool))
             usage = deps.budget.usage(credential, pool, now, limit)
-            percent = 100.0 * usage.remaining / usage.limit if usage.limit else 100.0
-            lowest = percent if lowest is None else min(lowest, percent)
-    return None if lowest is None else round(lowest, 1)
+            percent = round(100.0 * usage.remaining / usage.limit, 1) if usage.limit else 100.0
+            if pool not in lowest or percent < lowest[pool][0]:
+                lowest[pool] = (percent, usage.remaining)
+    return lowest

@@ -20,14 +20,17 @@ COUNT = MetricUnit.Count
 SECONDS = MetricUnit.Seconds
 
 
-def emit_metrics(connector: str, instance: str | None, values: dict[str, tuple[float, MetricUnit]]) -> None:
-    """Emit one EMF blob with dimensions ``connector`` (and ``instance`` when given)."""
+def emit_metrics(connector: str, instance: str | None, values: dict[str, tuple[float, MetricUnit]],
+                 **dimensions: str) -> None:
+    """Emit one EMF blob with dimensions ``connector`` (and ``instance`` and any others when given)."""
     if not values:
         return
     metrics = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
     metrics.add_dimension(name="connector", value=connector)
     if instance:
         metrics.add_dimension(name="instance", value=instance)
+    for name, value in dimensions.items():
+        metrics.add_dimension(name=name, value=value)
     for name, (value, unit) in values.items():
         metrics.add_metric(name=name, unit=unit, value=value)
     metrics.flush_metrics()

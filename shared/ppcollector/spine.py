@@ -122,6 +122,7 @@ class Outcome:
     error: str = ""
     skipped_reason: str = ""
     raise_error: bool = False
+    error_class: str = ""
 
 
 def is_due(instance: Instance, status: dict[str, Any], now: datetime) -> tuple[bool, str]:
@@ -171,16 +172,20 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         outcome.state = deps.state.get_status(name).get("state", PENDING)
     except (VendorAuthError, VendorAccessError, SettingsError) as exc:
         outcome.error, outcome.raise_error = str(exc), True
+        outcome.error_class = type(exc).__name__
         outcome.state = _record_failure(deps, instance, FAILED, exc, backoff=FAILED_RETRY)
     except VendorThrottled as exc:
         outcome.error, outcome.raise_error = str(exc), True
+        outcome.error_class = type(exc).__name__
         outcome.state = _record_failure(deps, instance, DEGRADED, exc)
     except (VendorError, SinkError, CollectorError) as exc:
         outcome.error, outcome.raise_error = str(exc), True
+        outcome.error_class = type(exc).__name__
         outcome.state = _record_failure(deps, instance, DEGRADED, exc)
     except Exception as exc:  # an unexpected bug: Degraded, and the invocation fails loudly
         logger.exception("unexpected error while polling")
         outcome.error, outcome.raise_error = f"internal error: {type(exc).__name__}: {exc}", True
+        outcome.error_class = "InternalError"
         outcome.state = _record_failure(deps, instance, DEGRADED, exc)
     else:
         outcome.state = _record_success(deps, instance, report, lag_threshold(connector, instance, deps))
@@ -298,9 +303,11 @@ def _emit_poll_metrics(connector: Connector, instance: Instance, deps: Deps, rep
         values["Gaps"] = (len(report.gaps), COUNT)
     if outcome.error:
         values["Errors"] = (1, COUNT)
-        if outcome.state == DEGRADED and "429" in outcome.error:
+        if outcome.error_class == "VendorThrottled":
             values["Throttles"] = (1, COUNT)
     emit_metrics(connector.name, instance.name, values)
+    if outcome.error:  # errors by class, per connector (the "why not" dashboard)
+        emit_metrics(connector.name, None, {"Errors": (1, COUNT)}, error_class=outcome.error_class)
     if report.gaps:  # the connector-level series the gap alarm watches
         emit_metrics(connector.name, None, {"Gaps": (len(report.gaps), COUNT)})
 

@@ -96,3 +96,41 @@ def test_bad_events_are_refused_with_a_clear_message():
         handle_poll_event("tap", {"instance": "nope"}, FakeContext(), deps=deps)
     with pytest.raises(SettingsError, match="must be a JSON object"):
         handle_poll_event("tap", ["x"], FakeContext(), deps=deps)
+
+
+def test_an_auth_failure_emits_errors_by_class(capsys):
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    add_tap_instance(deps, secret="wrong-s3cr3t", initial_lookback="30m")
+    try:
+        handle_poll_event("tap", {}, FakeContext(), deps=deps)
+    except Exception as exc:
+        assert "rejected" in str(exc)
+    blobs = _emf(capsys.readouterr().out)
+    [poll] = [b for b in blobs if "Polls" in b]
+    assert poll["Errors"] == [1.0] and "Throttles" not in poll
+    [by_class] = [b for b in blobs if "error_class" in b]
+    assert by_class["error_class"] == "VendorAuthError" and by_class["Errors"] == [1.0]
+    assert ["connector", "error_class", "service"] in by_class["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+    [change] = [b for b in blobs if "StatusChangeToFailed" in b]
+    assert change["instance"] == "acme"
+
+
+def test_a_tick_emits_connector_health_for_the_alarms(capsys):
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap, limit=100)
+    add_tap_instance(deps, initial_lookback="30m")
+    add_tap_instance(deps, name="bad", secret="wrong-s3cr3t", initial_lookback="30m")
+    try:
+        handle_poll_event("tap", {}, FakeContext(), deps=deps)
+    except Exception:
+        pass
+    blobs = _emf(capsys.readouterr().out)
+    [health] = [b for b in blobs if "WorstCollectionLag" in b]
+    assert "instance" not in health and health["connector"] == "tap"
+    assert health["InstancesActive"] == [1.0] and health["InstancesFailed"] == [1.0]
+    assert health["InstancesDue"] == [2.0] and health["WorstCollectionLag"] == [300.0]
+    # Two requests of the shared pool are used (one per instance): 98 of 100 remain.
+    assert health["RateBudgetRemainingPercent"] == [98.0]
+    [pool] = [b for b in blobs if b.get("pool") == "other"]
+    assert pool["RateBudgetRemaining"] == [98.0]
