@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 export SAM_CLI_TELEMETRY := 0
 export AWS_EC2_METADATA_DISABLED := true
 
@@ -22,6 +24,13 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 venv: $(STAMP)
 
+# checkov's dependency pins conflict with the project's, so it lives in a venv of its own.
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt
+	touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -31,8 +40,8 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q
 
-template-check: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/template_checks.sh
+template-check: $(STAMP) $(CHECKOV_STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" CHECKOV="$(CURDIR)/$(CHECKOV_VENV)/bin/checkov" bash tools/template_checks.sh
 
 test: lint unit integration template-check
 
@@ -43,4 +52,4 @@ demo: $(STAMP)
 	$(BIN)/python tools/demo.py
 
 clean:
-	rm -rf .aws-sam .demo .bench $(VENV)
+	rm -rf .aws-sam .demo .bench $(VENV) $(CHECKOV_VENV)

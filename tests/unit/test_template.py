@@ -412,3 +412,11 @@ def test_the_poller_may_invoke_only_itself_for_fan_out(template):
     assert statements[0]["Resource"]["Fn::Sub"].endswith(":function:${AWS::StackName}-tap-poller")
     assert props["FunctionName"] == {"Fn::Sub": "${AWS::StackName}-tap-poller"}
     assert props["Environment"]["Variables"]["DISPATCH_MODE"] == "lambda"
+
+
+def test_every_checkov_skip_is_justified_next_to_its_resource(resources):
+    skips = [(name, skip) for name, resource in resources.items()
+             for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])]
+    assert skips, "the template documents its checkov suppressions"
+    for name, skip in skips:
+        assert skip["id"].startswith("CKV_") and len(skip.get("comment", "")) > 40, (name, skip)
