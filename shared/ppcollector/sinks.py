@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .crashpoints import crashpoint
 from .errors import SinkError
 from .records import OutRecord
 
@@ -268,25 +269,35 @@ class SinkSet:
         return [sink.name for sink in self.sinks]
 
     def open_batch(self, batch: BatchInfo) -> _MultiBatch:
-        return _MultiBatch([sink.open_batch(batch) for sink in self.sinks])
+        return _MultiBatch([(sink.name, sink.open_batch(batch)) for sink in self.sinks])
 
 
 class _MultiBatch:
-    def __init__(self, writers: list[BatchWriter]) -> None:
+    """Adds each record to every sink once (a record id seen earlier in the batch is dropped: the
+    vendor repeated it), and commits sink after sink."""
+
+    def __init__(self, writers: list[tuple[str, BatchWriter]]) -> None:
         self.writers = writers
         self.count = 0
+        self.duplicates = 0
+        self._seen: set[str] = set()
 
     def add(self, record: OutRecord) -> None:
-        for writer in self.writers:
+        if record.id in self._seen:
+            self.duplicates += 1
+            return
+        self._seen.add(record.id)
+        for _, writer in self.writers:
             writer.add(record)
         self.count += 1
 
     def commit(self) -> dict[str, int]:
-        stats: dict[str, int] = {"records": self.count}
-        for writer in self.writers:
+        stats: dict[str, int] = {"records": self.count, "duplicates_dropped": self.duplicates}
+        for name, writer in self.writers:
             stats.update(writer.commit())
+            crashpoint(f"after_{name}_commit")
         return stats
 
     def abort(self) -> None:
-        for writer in self.writers:
+        for _, writer in self.writers:
             writer.abort()

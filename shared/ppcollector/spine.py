@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from .budget import RateBudget
+from .crashpoints import AFTER_LEASE, crashpoint
 from .errors import (
     CollectorError,
     CursorConflict,
@@ -158,6 +159,7 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         logger.info("instance is being polled by another invocation; skipping", extra={"detail": str(held)})
         return Outcome(name, status.get("state", PENDING), False, skipped_reason="lease held")
 
+    crashpoint(AFTER_LEASE)
     interval = parse_duration(instance.settings.get("poll_interval", "5m"))
     report = PollReport()
     outcome = Outcome(name, status.get("state", PENDING), True)

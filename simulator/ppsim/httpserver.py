@@ -179,6 +179,11 @@ class _Handler(BaseHTTPRequestHandler):
             client_ip=self.client_address[0],
         )
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header comes from the app's clock (simulated skew shows in it, as on a real server)."""
+        now = getattr(self.server.app, "now", None)
+        return super().date_time_string(timestamp if timestamp is not None else (now() if now else None))
+
     def _send(self, response: Response, head: bool) -> None:
         try:
             self._send_unsafe(response, head)

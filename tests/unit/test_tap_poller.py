@@ -406,3 +406,35 @@ def test_backfill_recollects_the_range_and_then_stops(clock, tap):
     clock.advance(minutes=5)
     tick(deps)
     assert all(r.start >= clock.now - timedelta(hours=1) for r in tap.requests)  # backfill not repeated
+
+
+# --- clock skew --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("skew_minutes", [-5, 5])
+def test_windows_follow_proofpoints_clock_when_ours_differs(clock, tap, skew_minutes):
+    from email.utils import format_datetime
+
+    deps, sink = make_deps(clock, tap, settle_lag=timedelta(minutes=1))
+    add_tap_instance(deps, initial_lookback="30m")
+    server_now = clock.now + timedelta(minutes=skew_minutes)
+    tap.events_by_type["clicksBlocked"] = [click(server_now - timedelta(minutes=3), id_="late")]
+    original = FakeTap.get
+
+    def with_server_clock(self, *args, **kwargs):
+        response = original(self, *args, **kwargs)
+        request = self.requests[-1]
+        if request.end > server_now:  # the API refuses an end in its future
+            response = FakeResponse(400, b"The requested end time is in the future")
+        response.headers["Date"] = format_datetime(server_now, usegmt=True)
+        return response
+    tap.get = with_server_clock.__get__(tap)
+    [outcome] = tick(deps)
+    assert outcome.state == ACTIVE and outcome.events == 1
+    assert tap.requests[-1].end == server_now - timedelta(minutes=1)
+    assert deps.state.get_cursor("acme", "all").data["server_skew_seconds"] == skew_minutes * 60
+    # The next poll starts on the server's clock straight away: no refused request.
+    clock.advance(minutes=5)
+    server_now += timedelta(minutes=5)
+    before = len(tap.requests)
+    [outcome] = tick(deps)
+    assert outcome.state == ACTIVE and len(tap.requests) == before + 1

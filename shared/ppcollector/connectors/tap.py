@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import IO, Any
 
 import ijson
@@ -231,11 +232,31 @@ class WindowBody:
                 raise VendorTransientError(f"malformed response body ({type(exc).__name__})") from exc
 
 
+MAX_SKEW = timedelta(hours=1)
+
+
 class TapClient:
-    def __init__(self, session: requests.Session, base_url: str, principal: str, secret: str) -> None:
+    def __init__(self, session: requests.Session, base_url: str, principal: str, secret: str,
+                 clock: Any = None) -> None:
         self.session = session
         self.base_url = check_endpoint(base_url)
         self._auth = (principal, secret)
+        self._clock = clock
+        self.server_skew: timedelta | None = None  # Proofpoint's clock minus ours, from the Date header
+
+    def _learn_skew(self, response: requests.Response, sent_at: datetime | None) -> None:
+        """Windows are planned on the server's clock: the 7-day, 30-s and "future" checks are its own."""
+        date = response.headers.get("Date")
+        if not date or sent_at is None or self._clock is None:
+            return
+        try:
+            server_now = parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            return
+        local_now = sent_at + (self._clock() - sent_at) / 2
+        skew = server_now - local_now
+        # The header has whole seconds: only a difference of more than 2 s is a skew.
+        self.server_skew = max(min(skew, MAX_SKEW), -MAX_SKEW) if abs(skew) > timedelta(seconds=2) else timedelta(0)
 
     def fetch(self, endpoint: Endpoint, start: datetime, end: datetime, threat_status: list[str],
               deadline_seconds: float) -> WindowBody:
@@ -247,6 +268,7 @@ class TapClient:
         params += [("threatStatus", _THREAT_STATUS_PARAM[s]) for s in threat_status]
         url = self.base_url + endpoint.path
         give_up_at = time.monotonic() + max(deadline_seconds, 1.0)
+        sent_at = self._clock() if self._clock else None
         try:
             response = self.session.get(url, params=params, auth=self._auth, stream=True,
                                         timeout=(CONNECT_TIMEOUT, min(READ_TIMEOUT, max(deadline_seconds, 1.0))))
@@ -255,6 +277,7 @@ class TapClient:
         except requests.RequestException as exc:
             raise VendorTransientError(f"TAP request failed ({endpoint.path}): {type(exc).__name__}") from exc
         with response:
+            self._learn_skew(response, sent_at)
             _raise_for_status(response, endpoint)
             if response.status_code == 204:
                 return WindowBody(204, None, 0)
@@ -383,7 +406,8 @@ class TapConnector:
         credentials.require("secret")
         endpoint = endpoints_for(settings["event_types"])[0]
         now = deps.clock()
-        end = now - self._settle_lag(settings, deps)
+        # A minute wide and at least 5 minutes back: valid whatever the settle lag or a small clock skew.
+        end = (now - max(self._settle_lag(settings, deps), timedelta(minutes=5))).replace(microsecond=0)
         grant = deps.budget.acquire(credential_key("tap", settings["principal"]), endpoint.pool, now)
         if not grant.granted:
             raise VendorThrottled(f"not sent: {grant.reason}", None)
@@ -408,7 +432,8 @@ class TapConnector:
     def poll(self, ctx: PollContext) -> None:
         settings = ctx.instance.settings
         ctx.credentials.require("secret")
-        client = TapClient(ctx.deps.http, settings["base_url"], settings["principal"], ctx.credentials["secret"])
+        client = TapClient(ctx.deps.http, settings["base_url"], settings["principal"], ctx.credentials["secret"],
+                           clock=ctx.deps.clock)
         credential = credential_key("tap", settings["principal"])
         for endpoint in endpoints_for(settings["event_types"]):
             cursor = self._run(ctx, client, credential, endpoint, endpoint.stream)
@@ -426,11 +451,13 @@ class TapConnector:
         settle_lag = self._settle_lag(settings, deps)
         interval = parse_duration(settings["poll_interval"])
         cursor = deps.state.get_cursor(instance.name, stream)
+        skew = timedelta(seconds=float(cursor.data.get("server_skew_seconds", 0)))
+        skew_retried = False
         if cursor.moment is None:
             start = (deps.clock() - parse_duration(settings["initial_lookback"])).replace(microsecond=0)
             cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(start), initialised=True)
         while True:
-            now = deps.clock()
+            now = deps.clock() + skew  # the server's clock
             plan = plan_window(cursor.moment, now, settle_lag, until)
             if plan and plan.gap:
                 self._report_gap(ctx, stream, plan.gap)
@@ -454,19 +481,31 @@ class TapConnector:
             try:
                 body = client.fetch(endpoint, plan.start, plan.end, settings["threat_status"],
                                     ctx.deadline.remaining() - 15)
+            except VendorRequestError:
+                # A 400 for a window outside the server's limits, with its clock known to differ from
+                # ours: plan again on the server's clock, once per poll.
+                if client.server_skew is not None and client.server_skew != skew and not skew_retried:
+                    logger.warning("tap: Proofpoint's clock differs from ours; re-planning the window", extra={
+                        "stream": stream, "server_skew_seconds": client.server_skew.total_seconds()})
+                    skew, skew_retried = client.server_skew, True
+                    continue
+                raise
             except VendorThrottled as exc:
-                until_at = deps.budget.record_throttle(credential, endpoint.pool, now, exc.retry_after)
+                until_at = deps.budget.record_throttle(credential, endpoint.pool, deps.clock(), exc.retry_after)
                 raise VendorThrottled(f"{exc} - backing off until {format_rfc3339(until_at)}", exc.http_status,
                                       exc.detail, exc.retry_after) from exc
             deps.budget.record_success(credential, endpoint.pool)
+            if client.server_skew is not None:
+                skew = client.server_skew
             try:
-                cursor = self._deliver(ctx, endpoint, stream, plan, body, cursor)
+                cursor = self._deliver(ctx, endpoint, stream, plan, body, cursor,
+                                       server_skew_seconds=skew.total_seconds())
             finally:
                 body.close()
         return cursor
 
     def _deliver(self, ctx: PollContext, endpoint: Endpoint, stream: str, plan: WindowPlan, body: WindowBody,
-                 cursor: Cursor) -> Cursor:
+                 cursor: Cursor, **cursor_extra: Any) -> Cursor:
         """pull -> write -> checkpoint, in that order: the cursor moves only after every sink acknowledged."""
         deps, instance, report = ctx.deps, ctx.instance, ctx.report
         crashpoint(AFTER_FETCH)
@@ -490,7 +529,7 @@ class TapConnector:
             writer.abort()
             raise
         crashpoint(AFTER_SINK_COMMIT)
-        cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(query_end))
+        cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(query_end), **cursor_extra)
         report.events += count
         report.windows += 1
         report.add_sink_stats(stats)
