@@ -13,9 +13,13 @@ def get_connector(name: str) -> Connector:
         from .tap import TapConnector
 
         return TapConnector()
+    if name == "casb":
+        from .casb import CasbConnector
+
+        return CasbConnector()
     from ..errors import SettingsError
 
-    raise SettingsError(f"unknown connector {name!r} (known: tap)")
+    raise SettingsError(f"unknown connector {name!r} (known: tap, casb)")
 
 
-CONNECTOR_NAMES = ("tap",)
+CONNECTOR_NAMES = ("tap", "casb")

@@ -35,13 +35,13 @@ from ..http import CONNECT_TIMEOUT, READ_TIMEOUT, check_endpoint
 from ..observability import logger
 from ..records import build_record, canonical_json, derive_id
 from ..secrets import Credentials
+from ..settings import as_list, duration_setting
 from ..sinks import BatchInfo
 from ..spine import Deps, PollContext, record_gap
 from ..state import Cursor, Instance
 from ..timeutil import (
     TimestampError,
     format_compact,
-    format_duration,
     format_rfc3339,
     parse_duration,
     parse_timestamp,
@@ -86,16 +86,8 @@ EVENT_TIME_FIELD = {"messagesDelivered": "messageTime", "messagesBlocked": "mess
 
 # --- settings -----------------------------------------------------------------------------------
 
-def _as_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, list | tuple):
-        return [str(part).strip() for part in value]
-    raise SettingsError(f"expected a comma-separated list, got {value!r}")
-
-
 def validate_event_types(value: Any) -> list[str]:
-    types = _as_list(value)
+    types = as_list(value)
     if not types:
         raise SettingsError("event_types must not be empty: use all, issues, or some of " + ", ".join(EVENT_TYPES))
     if len(set(types)) != len(types):
@@ -113,7 +105,7 @@ def validate_event_types(value: Any) -> list[str]:
 
 
 def validate_threat_status(value: Any) -> list[str]:
-    statuses = _as_list(value)
+    statuses = as_list(value)
     if not statuses:
         raise SettingsError("threat_status must not be empty: use some of " + ", ".join(THREAT_STATUSES))
     unknown = [s for s in statuses if s not in THREAT_STATUSES]
@@ -126,21 +118,6 @@ def endpoints_for(event_types: list[str]) -> list[Endpoint]:
     if event_types in (["all"], ["issues"]):
         return [ENDPOINTS[event_types[0]]]
     return [ENDPOINTS[t] for t in event_types]
-
-
-def _duration_setting(settings: dict[str, Any], key: str, default: str | None,
-                      low: timedelta, high: timedelta) -> None:
-    raw = settings.get(key, default)
-    if raw is None:
-        settings.pop(key, None)
-        return
-    try:
-        value = parse_duration(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{key}: {exc}") from exc
-    if not low <= value <= high:
-        raise SettingsError(f"{key}={raw} is outside {format_duration(low)} .. {format_duration(high)}")
-    settings[key] = format_duration(value)
 
 
 # --- the window calculator (pure) ---------------------------------------------------------------
@@ -376,9 +353,9 @@ class TapConnector:
         clean["event_types"] = validate_event_types(clean.get("event_types", "all"))
         clean["threat_status"] = validate_threat_status(clean.get("threat_status", list(THREAT_STATUSES)))
         clean["base_url"] = check_endpoint(str(clean.get("base_url", DEFAULT_BASE_URL)))
-        _duration_setting(clean, "poll_interval", "5m", timedelta(minutes=1), timedelta(hours=24))
-        _duration_setting(clean, "settle_lag", None, timedelta(0), timedelta(hours=1))
-        _duration_setting(clean, "initial_lookback", "1h", MIN_WINDOW, MAX_LOOKBACK - LOOKBACK_MARGIN)
+        duration_setting(clean, "poll_interval", "5m", timedelta(minutes=1), timedelta(hours=24))
+        duration_setting(clean, "settle_lag", None, timedelta(0), timedelta(hours=1))
+        duration_setting(clean, "initial_lookback", "1h", MIN_WINDOW, MAX_LOOKBACK - LOOKBACK_MARGIN)
         unknown = set(clean) - {"principal", "event_types", "threat_status", "base_url", "poll_interval",
                                 "settle_lag", "initial_lookback"}
         if unknown:
