@@ -19,13 +19,13 @@ import tomllib
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .config import RuntimeConfig
 from .connectors import CONNECTOR_NAMES, get_connector
-from .connectors.tap import LOOKBACK_MARGIN, MAX_LOOKBACK, THREAT_STATUSES, endpoints_for
+from .connectors.tap import THREAT_STATUSES
 from .errors import CollectorError, SettingsError, VendorAccessError, VendorAuthError, VendorError
 from .runtime import aws_clients, build_deps
 from .spine import FAILED, PENDING, Deps
@@ -350,18 +350,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise CliError("--until must be after --since")
     if until > now:
         raise CliError("--until is in the future; the API only serves the past")
-    if instance.connector == "tap":
-        earliest = now - MAX_LOOKBACK + LOOKBACK_MARGIN
-        if since < earliest:
-            raise CliError(f"TAP serves at most 7 days back: --since must be after {format_rfc3339(earliest)} "
-                           "(older events cannot be collected from the API)")
-        if until - since < timedelta(seconds=30):
-            raise CliError("TAP windows are at least 30 s: widen the range")
-        streams = [e.stream for e in endpoints_for(instance.settings["event_types"])]
-    else:
+    connector = get_connector(instance.connector)
+    start_backfill = getattr(connector, "start_backfill", None)
+    if start_backfill is None:
         raise CliError(f"backfill is not available for {instance.connector}")
-    for stream in streams:
-        deps.state.set_cursor(instance.name, f"backfill-{stream}", format_rfc3339(since), until=format_rfc3339(until))
+    streams = start_backfill(deps, instance, since, until)  # refuses what the API cannot serve, with why
     deps.state.update_status(instance.name, lambda s: s.update(next_due=None))
     emit(args, {"name": instance.name, "backfill_since": format_rfc3339(since),
                 "backfill_until": format_rfc3339(until), "streams": streams,

@@ -393,6 +393,20 @@ class TapConnector:
         body.close()
         return f"Proofpoint accepted the credentials (HTTP {body.status} from {endpoint.path})"
 
+    def start_backfill(self, deps: Deps, instance: Instance, since: datetime, until: datetime) -> list[str]:
+        """Queue a re-collection of [since, until]: a bounded cursor per endpoint, polled as catch-up."""
+        earliest = deps.clock() - MAX_LOOKBACK + LOOKBACK_MARGIN
+        if since < earliest:
+            raise SettingsError(f"TAP serves at most 7 days back: --since must be after {format_rfc3339(earliest)} "
+                                "(older events cannot be collected from the API)")
+        if until - since < MIN_WINDOW:
+            raise SettingsError("TAP windows are at least 30 s: widen the range")
+        streams = [e.stream for e in endpoints_for(instance.settings["event_types"])]
+        for stream in streams:
+            deps.state.set_cursor(instance.name, f"backfill-{stream}", format_rfc3339(since),
+                                  until=format_rfc3339(until), done=False)
+        return streams
+
     def expected_lag(self, instance: Instance, deps: Deps) -> timedelta:
         return self._settle_lag(instance.settings, deps)
 
