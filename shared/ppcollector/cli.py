@@ -124,7 +124,13 @@ def emit(args: argparse.Namespace, payload: Any, columns: list[str] | None = Non
 
 # --- secrets ---------------------------------------------------------------------------------------
 
-SECRET_PROMPTS = {"tap": {"secret": "TAP service secret"}}
+# connector -> secret field -> prompt. Fields in OPTIONAL_SECRETS may be left empty.
+SECRET_PROMPTS = {
+    "tap": {"secret": "TAP service secret"},
+    "casb": {"client_secret": "CASB client secret", "api_key": "CASB API key"},
+    "pod": {"token": "PoD Log API token"},
+}
+OPTIONAL_SECRETS = {("casb", "api_key")}  # the oauth2 auth mode needs no API key
 
 
 def read_secret_fields(connector: str, from_stdin: bool) -> dict[str, str]:
@@ -140,6 +146,8 @@ def read_secret_fields(connector: str, from_stdin: bool) -> dict[str, str]:
                 raise CliError("no terminal to prompt for the secret: pipe it in with --secret-stdin")
             value = getpass.getpass(f"{prompt}: ")
         if not value.strip():
+            if (connector, field) in OPTIONAL_SECRETS:
+                continue
             raise CliError(f"empty {prompt.lower()}")
         values[field] = value.strip()
     return values
@@ -192,11 +200,16 @@ def cmd_instance_add(args: argparse.Namespace) -> int:
     deps = stack.deps()
     name = validate_name(args.name)
     connector = get_connector(args.connector)
-    raw: dict[str, Any] = {"principal": args.principal, "poll_interval": args.interval}
-    for key in ("event_types", "threat_status", "base_url", "settle_lag", "initial_lookback"):
+    raw: dict[str, Any] = {"poll_interval": args.interval} if getattr(args, "interval", None) else {}
+    for key in SETTING_FLAGS[args.connector]:
         value = getattr(args, key, None)
         if value is not None:
             raw[key] = value
+    for pair in getattr(args, "set", None) or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set expects KEY=VALUE, got {pair!r}")
+        raw[key.strip().replace("-", "_")] = value
     settings = connector.validate_settings(raw)
     if deps.state.get_instance(name):
         raise CliError(f"an instance named {name!r} already exists (ppctl instance show {name})")
@@ -213,6 +226,14 @@ def cmd_instance_add(args: argparse.Namespace) -> int:
     row = status_row(deps, instance, utcnow())
     emit(args, {k: row[k] for k in ("name", "connector", "state", "last_error")} if not args.json else row)
     return 0 if ok else 1
+
+
+# Per connector, the settings `instance add` takes as flags (the rest through --set KEY=VALUE).
+SETTING_FLAGS = {
+    "tap": ("principal", "event_types", "threat_status", "base_url", "settle_lag", "initial_lookback"),
+    "casb": ("client_id", "api_fqdn", "events_fqdn", "feeds", "auth_mode", "settle_lag", "initial_lookback"),
+    "pod": ("cluster_id", "types", "url"),
+}
 
 
 def cmd_instance_list(args: argparse.Namespace) -> int:
@@ -426,7 +447,9 @@ def cmd_local_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-FUNCTION_ALIASES = {"tap": "TapPollerFunction", "tap_poller": "TapPollerFunction", "tappoller": "TapPollerFunction"}
+FUNCTION_ALIASES = {"tap": "TapPollerFunction", "tap_poller": "TapPollerFunction", "tappoller": "TapPollerFunction",
+                    "casb": "CasbPollerFunction", "casb_poller": "CasbPollerFunction",
+                    "casbpoller": "CasbPollerFunction"}
 
 
 @dataclass
@@ -582,6 +605,25 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--disabled", action="store_true", help="register it disabled")
     tap.add_argument("--no-validate", action="store_true", help="skip the test call")
     tap.set_defaults(func=cmd_instance_add)
+
+    casb = add_sub.add_parser("casb", parents=[common], help="a CASB tenant (client secret and API key from "
+                              "prompt or stdin, one per line)")
+    casb.add_argument("name")
+    casb.add_argument("--client-id", dest="client_id", required=True, help="CASB API client id")
+    casb.add_argument("--api-fqdn", dest="api_fqdn", help="auth + alerts host (default api-us1.protect.proofpoint.com)")
+    casb.add_argument("--events-fqdn", dest="events_fqdn",
+                      help="activity events host (default api-siem-us1.protect.proofpoint.com)")
+    casb.add_argument("--feeds", help="alerts,events (default both)")
+    casb.add_argument("--auth-mode", dest="auth_mode", help="legacy (default) | oauth2")
+    casb.add_argument("--interval", default="5m", help="polling interval (default 5m)")
+    casb.add_argument("--settle-lag", dest="settle_lag", help="how far behind now an alert window ends (60s)")
+    casb.add_argument("--initial-lookback", dest="initial_lookback", help="how far back a new instance starts (1h)")
+    casb.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="any other API-contract setting (paths, headers, paging keys); see the README")
+    casb.add_argument("--secret-stdin", action="store_true", help="read client secret, then API key, from stdin")
+    casb.add_argument("--disabled", action="store_true", help="register it disabled")
+    casb.add_argument("--no-validate", action="store_true", help="skip the test call")
+    casb.set_defaults(func=cmd_instance_add)
 
     isub.add_parser("list", parents=[common]).set_defaults(func=cmd_instance_list)
     for verb, func in (("show", cmd_instance_show), ("remove", cmd_instance_remove),

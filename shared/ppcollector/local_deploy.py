@@ -579,7 +579,7 @@ def deploy_stack(
         layer_arns = _publish_layers(clients["lambda"], cfn, artifacts, stack_name, region)
         emulated, notes = prepare_for_emulator(cfn, layer_arns)
         if notes:
-            logger.warning("adapted for the local emulator: %s", "; ".join(notes))
+            logger.info("adapted for the local emulator: %s", "; ".join(notes))
         action = _create_or_update(clients["cloudformation"], stack_name, emulated, parameters)
         stack = clients["cloudformation"].describe_stacks(StackName=stack_name)["Stacks"][0]
     except NoCredentialsError as error:

@@ -128,9 +128,9 @@ def test_deploy_twice_leaves_the_stack_as_it_is(emulator, STACK):
     assert second.action == "unchanged"
     assert second.outputs == first
     functions = boto3.client("lambda").list_functions()["Functions"]
-    assert [f["FunctionName"] for f in functions if f["FunctionName"].startswith(f"{STACK}-")] == [
-        first["TapPollerFunctionName"]
-    ]
+    assert sorted(f["FunctionName"] for f in functions if f["FunctionName"].startswith(f"{STACK}-")) == sorted(
+        [first["CasbPollerFunctionName"], first["TapPollerFunctionName"]]
+    )
     layer_name = first["SharedLayerArn"].split(":")[-2]
     assert len(boto3.client("lambda").list_layer_versions(LayerName=layer_name)["LayerVersions"]) == 1
 
@@ -158,7 +158,7 @@ def test_changed_parameter_updates_the_stack_and_keeps_its_data(emulator, STACK)
 def test_update_the_emulator_cannot_apply_is_refused_not_half_done(emulator, STACK):
     before = deploy(STACK, TEMPLATE)
 
-    with pytest.raises(LocalDeployError, match=r"cannot update TapPollerLogGroup \(AWS::Logs::LogGroup\)"):
+    with pytest.raises(LocalDeployError, match=r"cannot update CasbPollerLogGroup \(AWS::Logs::LogGroup\), TapPollerLogGroup"):
         deploy(STACK, TEMPLATE, {"LogRetentionDays": "7"})
 
     assert deploy_stack(STACK, TEMPLATE).outputs == before

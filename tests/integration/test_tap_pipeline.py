@@ -34,9 +34,10 @@ def add_instance(stack: dict, sim, name: str, *extra: str, principal: str = SIM_
                      stdin=secret + "\n", check=check)
 
 
-def invoke(stack: dict, event_file, crashpoint: str | None = None) -> subprocess.CompletedProcess:
+def invoke(stack: dict, event_file, crashpoint: str | None = None,
+           function: str = "TapPollerFunction") -> subprocess.CompletedProcess:
     env = {"PPCOLLECTOR_CRASHPOINT": crashpoint} if crashpoint else None
-    return run_ppctl("local", "invoke", "TapPollerFunction", "--event", str(event_file), "--stack", stack["name"],
+    return run_ppctl("local", "invoke", function, "--event", str(event_file), "--stack", stack["name"],
                      env=env, check=False)
 
 
