@@ -68,6 +68,10 @@ class InlineDispatcher:
             try:
                 own = dataclasses.replace(deps, http=deps.new_http()) if deps.new_http else deps
                 return poll_instance(connector, instance, own, deadline, force=False)
+            except Exception as exc:  # one instance's failure must not take the others' results with it
+                logger.exception("poll failed before it could record a status")
+                return Outcome(instance.name, "", True, error=f"{type(exc).__name__}: {exc}", raise_error=True,
+                               error_class=type(exc).__name__)
             finally:
                 logger.thread_safe_remove_keys(["instance"])
 

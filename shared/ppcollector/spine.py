@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from .budget import RateBudget
 from .crashpoints import AFTER_LEASE, crashpoint
 from .errors import (
@@ -158,6 +160,10 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         # Overlapping invocations (EventBridge/Lambda may deliver twice): the loser exits cleanly.
         logger.info("instance is being polled by another invocation; skipping", extra={"detail": str(held)})
         return Outcome(name, status.get("state", PENDING), False, skipped_reason="lease held")
+    except (BotoCoreError, ClientError) as exc:  # the state table is unavailable: nothing was polled
+        logger.error(f"{connector.name}: could not take the lease: {exc}", extra={"error_class": "AwsServiceError"})
+        return Outcome(name, status.get("state", PENDING), False, error=f"AWS error: {exc}", raise_error=True,
+                       error_class="AwsServiceError")
 
     crashpoint(AFTER_LEASE)
     interval = parse_duration(instance.settings.get("poll_interval", "5m"))
@@ -180,6 +186,10 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         outcome.error, outcome.raise_error = str(exc), True
         outcome.error_class = type(exc).__name__
         outcome.state = _record_failure(deps, instance, DEGRADED, exc)
+    except (BotoCoreError, ClientError) as exc:  # an AWS service (DynamoDB, Secrets Manager) failed us
+        outcome.error, outcome.raise_error = f"AWS error: {exc}", True
+        outcome.error_class = "AwsServiceError"
+        outcome.state = _record_failure(deps, instance, DEGRADED, exc)
     except (VendorError, SinkError, CollectorError) as exc:
         outcome.error, outcome.raise_error = str(exc), True
         outcome.error_class = type(exc).__name__
@@ -192,10 +202,13 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
     else:
         outcome.state = _record_success(deps, instance, report, lag_threshold(connector, instance, deps))
     finally:
-        deps.state.release_lease(name, owner)
-        if not report.caught_up and not outcome.error:
-            # Catch-up continues at the next tick rather than after a whole poll interval.
-            deps.state.update_status(name, lambda s: s.update(next_due=format_rfc3339(deps.clock())))
+        try:
+            deps.state.release_lease(name, owner)
+            if not report.caught_up and not outcome.error:
+                # Catch-up continues at the next tick rather than after a whole poll interval.
+                deps.state.update_status(name, lambda s: s.update(next_due=format_rfc3339(deps.clock())))
+        except Exception as exc:  # the state table itself failing: the lease expires on its own
+            logger.warning("could not release the lease", extra={"detail": f"{type(exc).__name__}: {exc}"})
         _emit_poll_metrics(connector, instance, deps, report, outcome, time.monotonic() - started)
     outcome.events = report.events
     return outcome
@@ -284,7 +297,11 @@ def _record_failure(deps: Deps, instance: Instance, state: str, exc: BaseExcepti
             status["backoff_until"] = format_rfc3339(now + backoff)
         _transition(instance, status, state, message)
 
-    return deps.state.update_status(instance.name, mutate)["state"]
+    try:
+        return deps.state.update_status(instance.name, mutate)["state"]
+    except Exception as status_error:  # e.g. DynamoDB throttled too: the error is still raised and logged
+        logger.warning("could not record the status", extra={"detail": f"{type(status_error).__name__}"})
+        return state
 
 
 def _emit_poll_metrics(connector: Connector, instance: Instance, deps: Deps, report: PollReport,

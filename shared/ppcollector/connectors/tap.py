@@ -521,6 +521,7 @@ class TapConnector:
             raise
         crashpoint(AFTER_SINK_COMMIT)
         cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(query_end), **cursor_extra)
+        count = stats.get("records", count)  # what reached the sinks (a repeated event counts once)
         report.events += count
         report.windows += 1
         report.add_sink_stats(stats)
