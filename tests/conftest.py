@@ -45,3 +45,16 @@ def json_logs():
         yield lambda: [line for line in stream.getvalue().splitlines() if line.strip()]
     finally:
         logger.removeHandler(handler)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault matrix's one-line summary, when it ran."""
+    try:
+        from tests.integration.conftest import FAULT_MATRIX
+    except ImportError:
+        return
+    if FAULT_MATRIX:
+        terminalreporter.write_line(
+            "fault matrix: " + ", ".join(f"{key} {FAULT_MATRIX[key]}" for key in (
+                "faults injected", "events simulated", "events lost", "duplicates in S3",
+                "duplicates in Kinesis (same id)")))

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_PRINCIPAL = "svc-principal"
+# Totals of the fault matrix (test_fault_matrix.py), printed at the end of the run by tests/conftest.py.
+FAULT_MATRIX: Counter[str] = Counter()
 SIM_SECRET = "sim-secret-7f3a9c"
 
 

@@ -15,6 +15,12 @@ whose default is today's corroborated value (``SETTINGS`` below).
   the paging and de-duplication rule.
 - Activity events (``GET /v2/events``): the latest ``nextPageToken`` is the cursor (persisted even
   for empty pages, §2.6); each page is written, committed and checkpointed on its own.
+- Backfill (``ppctl backfill``, ``start_backfill``): a bounded ``backfill-<feed>`` cursor per enabled
+  feed, run after the live feeds as catch-up (it never spends the budget's reserve for steady polling)
+  and never touching the live cursors. Alerts: the live window reader over ``[since, until]``. Events:
+  a separate page-token chain from ``startTime = since`` (the API has no end parameter) that writes
+  events stamped ``<= until`` and ends where a page passes ``until`` or the chain reaches its tail.
+  Records keep the live ids (``derive_id`` on the vendor id); batch names carry the stream name.
 """
 
 from __future__ import annotations
@@ -57,7 +63,10 @@ BUDGET_POOL = "daily"
 ALERTS_STREAM = "alerts"
 EVENTS_STREAM = "events"
 MAX_ALERT_WINDOW = timedelta(hours=24)  # Vulture caps a window at 24 h (casb.md §2.4)
+# How long the API keeps alerts and events is not documented (casb.md §8): initial_lookback and
+# backfills reach no further back than this.
 MAX_LOOKBACK = timedelta(days=7)
+BACKFILL_PREFIX = "backfill-"  # backfill cursor = BACKFILL_PREFIX + feed
 CALL_RESERVE_SECONDS = 30.0  # don't start a call with less invocation time left than this
 OAUTH_EXPIRY_MARGIN = timedelta(minutes=5)
 RECENT_EVENT_IDS = 500  # eventIds kept in the events cursor to drop re-served events
@@ -447,8 +456,12 @@ class AlertWindow:
                 or (ts == self.end_ms and key in self.written_at_end))
 
 
-def plan_alert_window(cursor: Cursor, now: datetime, settle_lag: timedelta) -> AlertWindow | None:
-    """The next window: a resumed older part first, else ``[cursor, min(cursor + 24 h, now - lag)]``."""
+def plan_alert_window(cursor: Cursor, now: datetime, settle_lag: timedelta,
+                      until_ms: int | None = None) -> AlertWindow | None:
+    """The next window: a resumed older part first, else ``[cursor, min(cursor + 24 h, now - lag)]``.
+
+    ``until_ms`` bounds a backfill: no window reaches past it (None once the cursor is there).
+    """
     data = cursor.data
     start = to_ms(cursor.moment)
     boundary = frozenset(data.get("boundary_ids") or ())
@@ -457,6 +470,8 @@ def plan_alert_window(cursor: Cursor, now: datetime, settle_lag: timedelta) -> A
                            resume=True, final_end_ms=int(data["window_to_ms"]),
                            final_end_ids=frozenset(data.get("window_to_ids") or ()))
     end = min(to_ms(now - settle_lag), start + MAX_ALERT_WINDOW // timedelta(milliseconds=1))
+    if until_ms is not None:
+        end = min(end, until_ms)
     if end <= start:
         return None
     return AlertWindow(start, end, boundary)
@@ -635,6 +650,57 @@ class CasbConnector:
         else:
             credentials.require("client_secret")
 
+    # --- ppctl backfill -----------------------------------------------------------------------------
+    def start_backfill(self, deps: Deps, instance: Instance, since: datetime, until: datetime,
+                       feeds: list[str] | None = None) -> list[str]:
+        """Queue a re-collection of ``[since, until]`` (both inclusive) for ``feeds`` (default: every
+        enabled feed): one bounded ``backfill-<feed>`` cursor each, run by the next polls as catch-up.
+
+        Refused (SettingsError, with the reason) when a feed is not enabled on the instance, the range
+        is empty or reaches into the future, or ``since`` is more than ``MAX_LOOKBACK`` (7 days) back:
+        how long the API keeps alerts and events is not documented (casb.md §8), so the connector does
+        not promise more than its own initial_lookback limit. A new backfill replaces a running one.
+        """
+        enabled = list(instance.settings.get("feeds") or ())
+        if not enabled:
+            raise SettingsError(f"instance {instance.name} has no CASB feed enabled: nothing to backfill "
+                                "(set feeds=alerts,events with ppctl instance set)")
+        wanted = enabled if feeds is None else validate_feeds(feeds)
+        missing = [f for f in wanted if f not in enabled]
+        if missing:
+            raise SettingsError(f"the {', '.join(missing)} feed is not enabled on instance {instance.name} "
+                                f"(feeds={','.join(enabled)}): enable it first (ppctl instance set "
+                                f"{instance.name} feeds=...), or backfill only {', '.join(enabled)}")
+        now = deps.clock()
+        since, until = from_ms(to_ms(since)), from_ms(to_ms(until))  # whole milliseconds: the alerts unit
+        if until <= since:
+            raise SettingsError("--until must be after --since (CASB backfills are cut to whole milliseconds)")
+        if until > now:
+            raise SettingsError("--until is in the future; the CASB API only serves the past")
+        earliest = now - MAX_LOOKBACK
+        if since < earliest:
+            raise SettingsError(
+                f"CASB backfills reach at most {MAX_LOOKBACK.days} days back: --since must be at or after "
+                f"{format_rfc3339(earliest)}. How long Proofpoint keeps CASB alerts and events is not documented "
+                f"(casb.md §8), so the collector asks for no older data than its {MAX_LOOKBACK.days}-day lookback "
+                "limit (the initial_lookback maximum)")
+        common = {"since": format_rfc3339(since), "until": format_rfc3339(until), "done": False,
+                  "requested_at": format_rfc3339(now)}
+        # set_cursor keeps what a previous backfill left in the item: reset every reading field.
+        fresh_state = {
+            "alerts": {"boundary_ids": [], "resume_to_ms": None, "resume_ids": None, "window_to_ms": None,
+                       "window_to_ids": None},
+            "events": {"page_token": None, "recent_ids": [], "largest_page": 0},
+        }
+        streams = []
+        for feed in wanted:
+            stream = BACKFILL_PREFIX + feed
+            deps.state.set_cursor(instance.name, stream, format_rfc3339(since), **common, **fresh_state[feed])
+            streams.append(stream)
+        logger.info("casb: backfill queued", extra={"since": common["since"], "until": common["until"],
+                                                   "streams": streams})
+        return streams
+
     # --- polling ----------------------------------------------------------------------------------
     def poll(self, ctx: PollContext) -> None:
         settings = ctx.instance.settings
@@ -660,6 +726,14 @@ class CasbConnector:
                 cursor = ctx.deps.state.get_cursor(ctx.instance.name, feed)
             if cursor.moment:
                 report.oldest_cursor = min(filter(None, [report.oldest_cursor, cursor.moment]))
+        # An operator's backfill (ppctl backfill) runs after the live feeds, paced as catch-up. Its
+        # cursors are not live ones: they never set the collection lag (oldest_cursor).
+        for feed in settings["feeds"]:
+            try:
+                self._poll_backfill(ctx, client, feed)
+            except (VendorTransientError, VendorRequestError) as exc:
+                logger.warning(f"casb: {feed} backfill failed: {exc}", extra={"stream": BACKFILL_PREFIX + feed})
+                first_error = first_error or exc
         if first_error is not None:
             raise first_error
 
@@ -685,21 +759,58 @@ class CasbConnector:
         if ctx.deadline.remaining() < CALL_RESERVE_SECONDS:
             raise _NoTimeLeft()
 
+    # --- backfill -----------------------------------------------------------------------------------
+    def _poll_backfill(self, ctx: PollContext, client: CasbClient, feed: str) -> None:
+        """Run the feed's backfill cursor, if one is pending, within the poll's time and the catch-up share.
+
+        A budget refusal is not a reason to poll again at the next tick (only calls leaving the 24 h
+        window free the catch-up share, and every extra poll spends steady calls): the backfill waits
+        for the next regular poll. Stopped by time or the page cap, it continues at the next tick.
+        """
+        stream = BACKFILL_PREFIX + feed
+        cursor = ctx.deps.state.get_cursor(ctx.instance.name, stream)
+        if cursor.moment is None or not cursor.data.get("until") or cursor.data.get("done"):
+            return
+        until = parse_timestamp(cursor.data["until"])
+        try:
+            if feed == "alerts":
+                cursor = self._run_alerts(ctx, client, cursor, to_ms(until))
+                if cursor.data.get("resume_to_ms") is None and to_ms(cursor.moment) >= to_ms(until):
+                    cursor = ctx.deps.state.advance_cursor(ctx.instance.name, cursor, cursor.position, done=True)
+            else:
+                since = parse_timestamp(cursor.data.get("since") or cursor.position)
+                cursor = self._run_events(ctx, client, cursor, (since, until))
+        except _OutOfCalls as exc:
+            logger.warning(f"casb: backfill held back: {exc.reason} (the rest of the budget is kept for steady "
+                           "polling); it continues at a later poll", extra={"stream": stream})
+            return
+        if cursor.data.get("done"):
+            logger.info("casb: backfill complete", extra={"stream": stream, "since": cursor.data.get("since"),
+                                                          "until": cursor.data.get("until")})
+
     # --- alerts ---------------------------------------------------------------------------------
     def _poll_alerts(self, ctx: PollContext, client: CasbClient) -> Cursor:
+        return self._run_alerts(ctx, client, self._initial_cursor(ctx, ALERTS_STREAM))
+
+    def _run_alerts(self, ctx: PollContext, client: CasbClient, cursor: Cursor, until_ms: int | None = None) -> Cursor:
+        """Window after window from one cursor: the live one, or a backfill's (``until_ms`` set: every
+        call is catch-up and no window reaches past ``until_ms``)."""
         deps, settings = ctx.deps, ctx.instance.settings
-        cursor = self._initial_cursor(ctx, ALERTS_STREAM)
+        backfill = until_ms is not None
         pages_left = settings["max_pages_per_poll"]
         calls = 0
-        while pages_left > 0:
-            window = plan_alert_window(cursor, deps.clock(), self._settle_lag(settings))
+        while True:
+            window = plan_alert_window(cursor, deps.clock(), self._settle_lag(settings), until_ms)
             if window is None:
+                break
+            if pages_left <= 0:
+                ctx.report.caught_up = False  # the page cap stopped a read with windows still ready
                 break
 
             def fetch(page: int, window: AlertWindow = window) -> Page:
                 nonlocal calls
                 self._call_allowed(ctx)
-                result = client.call("POST", client.api_base, settings["alerts_path"], catch_up=calls > 0,
+                result = client.call("POST", client.api_base, settings["alerts_path"], catch_up=backfill or calls > 0,
                                      json_body={"page": page, "time_range": {"from": window.start_ms,
                                                                               "to": window.end_ms}})
                 calls += 1
@@ -719,8 +830,9 @@ class CasbConnector:
     def _deliver_alerts(self, ctx: PollContext, window: AlertWindow, read: WindowRead, cursor: Cursor) -> Cursor:
         """pull -> write -> checkpoint: the window (or its certain newer part) was read; write, commit, move."""
         deps, instance, report = ctx.deps, ctx.instance, ctx.report
+        stream = cursor.stream  # "alerts", or "backfill-alerts": part of the batch name, so never the same objects
         crashpoint(AFTER_FETCH)
-        window_fields = {"stream": ALERTS_STREAM, "window_start": format_rfc3339(from_ms(window.start_ms)),
+        window_fields = {"stream": stream, "window_start": format_rfc3339(from_ms(window.start_ms)),
                          "window_end": format_rfc3339(from_ms(window.end_ms)), "resumed": window.resume,
                          "pages": read.pages, "passes": read.passes, "repeats": read.repeats, "bytes": read.bytes}
         if not read.complete and read.floor_ms is None:
@@ -734,7 +846,7 @@ class CasbConnector:
         floor = window.start_ms if read.complete else read.floor_ms
         chosen = [(key, alert, fetched_at) for key, (alert, fetched_at) in read.alerts.items()
                   if not window.already_written(alert, key) and _at_or_after(alert, floor)]
-        batch = BatchInfo(SOURCE, instance.name, f"alerts_{window.start_ms}_{window.end_ms}")
+        batch = BatchInfo(SOURCE, instance.name, f"{stream}_{window.start_ms}_{window.end_ms}")
         stats = self._write(ctx, batch, "alert", [(derive_id(SOURCE, "alert", _alert_identity(alert)), alert,
                                                    _alert_time(alert), fetched_at) for _, alert, fetched_at in chosen])
         crashpoint(AFTER_SINK_COMMIT)
@@ -773,10 +885,18 @@ class CasbConnector:
 
     # --- activity events ------------------------------------------------------------------------
     def _poll_events(self, ctx: PollContext, client: CasbClient) -> Cursor:
-        """Page after page from the persisted token while pages are not empty (see the tail rule in
-        ``_deliver_events_page``), within ``max_pages_per_poll``, the invocation's time and the budget."""
+        return self._run_events(ctx, client, self._initial_cursor(ctx, EVENTS_STREAM))
+
+    def _run_events(self, ctx: PollContext, client: CasbClient, cursor: Cursor,
+                    bounds: tuple[datetime, datetime] | None = None) -> Cursor:
+        """Page after page from the cursor's token while pages are not empty (see the tail rule in
+        ``_deliver_events_page``), within ``max_pages_per_poll``, the invocation's time and the budget.
+
+        ``bounds`` (since, until) makes it a backfill chain: every call is catch-up, it starts from
+        ``startTime = since`` and ends (``done``) at the page that passes ``until`` or at an empty page.
+        """
         settings = ctx.instance.settings
-        cursor = self._initial_cursor(ctx, EVENTS_STREAM)
+        backfill = bounds is not None
         token_refused = False
         for page_number in range(settings["max_pages_per_poll"]):
             token = cursor.data.get("page_token")
@@ -791,8 +911,8 @@ class CasbConnector:
                 ctx.report.caught_up = False
                 return cursor
             try:
-                page = client.call("GET", client.events_base, settings["events_path"], catch_up=page_number > 0,
-                                   params=params)
+                page = client.call("GET", client.events_base, settings["events_path"],
+                                   catch_up=backfill or page_number > 0, params=params)
             except VendorRequestError as exc:
                 if not token or token_refused:
                     raise
@@ -800,20 +920,28 @@ class CasbConnector:
                 # event's minute; the overlap is dropped by eventId.
                 token_refused = True
                 logger.warning(f"casb: the events page token was refused ({exc}); restarting from startTime",
-                               extra={"stream": EVENTS_STREAM})
+                               extra={"stream": cursor.stream})
                 cursor = ctx.deps.state.advance_cursor(ctx.instance.name, cursor, cursor.position, page_token=None)
                 continue
             crashpoint(AFTER_FETCH)
-            cursor, items, more = self._deliver_events_page(ctx, page, params, cursor, page_number)
-            if not items or not more:
-                return cursor  # caught up: the next poll starts from this page's token
+            cursor, more = self._deliver_events_page(ctx, page, params, cursor, page_number, bounds)
+            if not more:
+                return cursor  # caught up (or the backfill is done): the next poll starts from this page's token
         ctx.report.caught_up = False  # max_pages_per_poll reached with pages still coming
         return cursor
 
     def _deliver_events_page(self, ctx: PollContext, page: Page, params: dict[str, str], cursor: Cursor,
-                             page_number: int) -> tuple[Cursor, list[dict[str, Any]], bool]:
-        """pull -> write -> checkpoint, per page: the page's records, commit, then its nextPageToken."""
+                             page_number: int, bounds: tuple[datetime, datetime] | None = None
+                             ) -> tuple[Cursor, bool]:
+        """pull -> write -> checkpoint, per page: the page's records, commit, then its nextPageToken.
+
+        Returns the new cursor and whether more pages should be read now. With ``bounds`` (a backfill)
+        only events stamped within ``[since, until]`` are written (an event without a usable timestamp
+        is written, as live collection does); the page that holds an event past ``until``, or an empty
+        page, ends the backfill: ``done`` is set with that page's checkpoint.
+        """
         deps, instance, settings, report = ctx.deps, ctx.instance, ctx.instance.settings, ctx.report
+        stream = cursor.stream
         items = page.body.get(settings["events_items_key"])
         next_token = page.body.get(settings["events_cursor_key"])
         if not isinstance(items, list) or not all(isinstance(e, dict) for e in items):
@@ -824,38 +952,65 @@ class CasbConnector:
         recent = list(cursor.data.get("recent_ids") or ())
         known = set(recent)
         fresh: list[tuple[str, dict[str, Any]]] = []
+        outside, passed_until = 0, False
+        in_range: list[datetime] = []
         for event in items:
             key = _event_key(event)
-            if key not in known:  # re-served events (the previous page, or twice in this one) are dropped
-                known.add(key)
-                fresh.append((key, event))
+            if key in known:  # re-served events (the previous page, or twice in this one) are dropped
+                continue
+            known.add(key)
+            when = _event_time(event)
+            if bounds is not None and when is not None:
+                if when > bounds[1]:
+                    passed_until = True  # the live chain collects it
+                    outside += 1
+                    continue
+                if when < bounds[0]:  # startTime is whole minutes: the part of its minute before since
+                    outside += 1
+                    continue
+                in_range.append(when)
+            fresh.append((key, event))
         stats: dict[str, int] = {}
         if fresh:
-            name = "events_" + hashlib.sha256(canonical_json(params).encode()).hexdigest()[:24]  # per request
+            # Per request, and per backfill range: a backfill's objects never overwrite the live chain's,
+            # nor those of an earlier backfill of another range that read the same page.
+            basis: Any = params if bounds is None else {"params": params, "since": format_rfc3339(bounds[0]),
+                                                        "until": format_rfc3339(bounds[1])}
+            name = f"{stream}_" + hashlib.sha256(canonical_json(basis).encode()).hexdigest()[:24]
             stats = self._write(ctx, BatchInfo(SOURCE, instance.name, name), "event",
                                 [(derive_id(SOURCE, "event", key), event, _event_time(event), page.fetched_at)
                                  for key, event in fresh])
             crashpoint(AFTER_SINK_COMMIT)
-        # The page token is the cursor (persisted for empty pages too); the position only says how far
-        # the collected data reaches: the newest event seen, or the page time once a page is empty.
-        newest = max((t for t in map(_event_time, items) if t), default=cursor.moment)
-        position = max(cursor.moment, newest if items else page.fetched_at)
-        # The events page size is unknown (casb.md §2.6). A page shorter than the largest seen, with
-        # recent events, is taken as the tail: that saves the trailing empty call of every poll (the
-        # daily cap), and a wrong guess only delays the rest to the next poll (the token is durable).
-        largest = max(int(cursor.data.get("largest_page") or 0), len(items))
-        behind = page.fetched_at - newest > parse_duration(settings["poll_interval"])
+        extra: dict[str, Any] = {}
+        if bounds is None:
+            # The page token is the cursor (persisted for empty pages too); the position only says how far
+            # the collected data reaches: the newest event seen, or the page time once a page is empty.
+            newest = max((t for t in map(_event_time, items) if t), default=cursor.moment)
+            position = max(cursor.moment, newest if items else page.fetched_at)
+            # The events page size is unknown (casb.md §2.6). A page shorter than the largest seen, with
+            # recent events, is taken as the tail: that saves the trailing empty call of every poll (the
+            # daily cap), and a wrong guess only delays the rest to the next poll (the token is durable).
+            largest = max(int(cursor.data.get("largest_page") or 0), len(items))
+            behind = page.fetched_at - newest > parse_duration(settings["poll_interval"])
+            more = bool(items) and (len(items) >= largest or behind)
+            extra["largest_page"] = largest
+        else:
+            # A backfill runs once: no tail guess from a short page, only an empty page or one past
+            # `until` ends it. The position is how far the range is covered (the token-restart point).
+            more = bool(items) and not passed_until
+            position = max([cursor.moment, *in_range]) if more else bounds[1]
+            if not more:
+                extra["done"] = True
         cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(position), page_token=next_token,
-                                           recent_ids=(recent + [k for k, _ in fresh])[-RECENT_EVENT_IDS:],
-                                           largest_page=largest)
+                                           recent_ids=(recent + [k for k, _ in fresh])[-RECENT_EVENT_IDS:], **extra)
         report.events += len(fresh)
         report.windows += 1
         report.add_sink_stats(stats)
         logger.info(f"casb: fetched {len(fresh)} events", extra={
-            "stream": EVENTS_STREAM, "page": page_number, "request": next(iter(params)),
+            "stream": stream, "page": page_number, "request": next(iter(params)),
             "start_time": params.get(settings["events_start_param"]), "items": len(items),
-            "duplicates": len(items) - len(fresh), "bytes": page.size, **stats})
-        return cursor, items, len(items) >= largest or behind
+            "duplicates": len(items) - len(fresh) - outside, "outside_range": outside, "bytes": page.size, **stats})
+        return cursor, more
 
     # --- writing ----------------------------------------------------------------------------------
     def _write(self, ctx: PollContext, batch: BatchInfo, event_type: str,
