@@ -29,6 +29,7 @@ package, where samtranslator and PyYAML (dev-only dependencies) are not installe
 
 from __future__ import annotations
 
+import ast
 import base64
 import copy
 import hashlib
@@ -273,8 +274,52 @@ def _replace_refs(node: Any, values: Mapping[str, str]) -> Any:
     return node
 
 
+def _condition_values(cfn: dict[str, Any], parameters: Mapping[str, str]) -> dict[str, bool]:
+    """Evaluate the template's Conditions (Equals/Not/And/Or over parameters) for these values."""
+    declared = cfn.get("Parameters", {})
+    conditions = cfn.get("Conditions", {})
+    values: dict[str, bool] = {}
+
+    def value(node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            (key, arg), = node.items()
+            if key == "Ref":
+                raw = parameters.get(arg, str(declared.get(arg, {}).get("Default", "")))
+                if declared.get(arg, {}).get("Type") == "CommaDelimitedList":
+                    return [part for part in raw.split(",")] if raw else [""]
+                return raw
+            if key == "Fn::Join":
+                return arg[0].join(str(v) for v in (value(arg[1]) if not isinstance(arg[1], list)
+                                                    else [value(i) for i in arg[1]]))
+            if key == "Fn::Equals":
+                return str(value(arg[0])) == str(value(arg[1]))
+            if key == "Fn::Not":
+                return not value(arg[0])
+            if key == "Fn::And":
+                return all(value(i) for i in arg)
+            if key == "Fn::Or":
+                return any(value(i) for i in arg)
+            if key == "Condition":
+                return evaluate(arg)
+        return node
+
+    def evaluate(name: str) -> bool:
+        if name not in values:
+            values[name] = bool(value(conditions[name]))
+        return values[name]
+
+    for name in conditions:
+        evaluate(name)
+    return values
+
+
+def _lower_repository_name(stack_name: str, logical_id: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", f"{stack_name}-{logical_id}".lower()).strip("-")
+
+
 def prepare_for_emulator(
-    cfn: dict[str, Any], layer_arns: Mapping[str, str] | None = None
+    cfn: dict[str, Any], layer_arns: Mapping[str, str] | None = None, stack_name: str = "local",
+    parameters: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Return the copy of ``cfn`` to give the emulator, and a note per resource changed for it.
 
@@ -289,14 +334,24 @@ def prepare_for_emulator(
     layer_arns = dict(layer_arns or {})
     emulated = copy.deepcopy(cfn)
     resources = emulated["Resources"]
+    # Resources whose Condition is false for these parameters are not created in AWS either; moto
+    # evaluates conditions on create but not on update, so they are left out here.
+    conditions = _condition_values(emulated, parameters or {})
+    inactive = {logical_id for logical_id, resource in resources.items()
+                if "Condition" in resource and not conditions.get(resource["Condition"], True)}
+    for name in [k for k, v in emulated.get("Outputs", {}).items()
+                 if "Condition" in v and not conditions.get(v["Condition"], True)]:
+        del emulated["Outputs"][name]
     dropped = {
         logical_id: resource["Type"]
         for logical_id, resource in resources.items()
-        if resource["Type"] in EMULATOR_UNSUPPORTED_TYPES or logical_id in layer_arns
+        if resource["Type"] in EMULATOR_UNSUPPORTED_TYPES or logical_id in layer_arns or logical_id in inactive
     }
     notes = [
         f"{logical_id} ({kind}): published directly as {layer_arns[logical_id]}"
         if logical_id in layer_arns
+        else f"{logical_id} ({kind}): not created, its condition is false"
+        if logical_id in inactive
         else f"{logical_id} ({kind}): left out, the emulator cannot create it"
         for logical_id, kind in sorted(dropped.items())
     ]
@@ -315,6 +370,10 @@ def prepare_for_emulator(
             else:
                 del resource["DependsOn"]
     for logical_id, resource in sorted(resources.items()):
+        if resource["Type"] == "AWS::ECR::Repository" and "RepositoryName" not in resource.get("Properties", {}):
+            # AWS generates a valid lower-case name; moto derives one from the stack name as is.
+            resource.setdefault("Properties", {})["RepositoryName"] = _lower_repository_name(stack_name, logical_id)
+            notes.append(f"{logical_id} (AWS::ECR::Repository): named explicitly in lower case")
         variables = (resource.get("Properties", {}).get("Environment") or {}).get("Variables") or {}
         if resource["Type"] == "AWS::Lambda::Function" and any(not isinstance(v, str) for v in variables.values()):
             for name, value in variables.items():
@@ -472,7 +531,20 @@ def _deployed(cloudformation: Any, stack_name: str) -> tuple[dict[str, Any], dic
     body = cloudformation.get_template(StackName=stack_name)["TemplateBody"]
     template = json.loads(body) if isinstance(body, str) else body
     stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
-    return template, {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+    return template, {p["ParameterKey"]: _list_parameter_text(p.get("ParameterValue", ""))
+                      for p in stack.get("Parameters", [])}
+
+
+def _list_parameter_text(value: str) -> str:
+    """moto reports a CommaDelimitedList value as a Python list literal ("['a', 'b']"); AWS as "a,b"."""
+    if value.startswith("[") and value.endswith("]"):
+        try:
+            items = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        if isinstance(items, list):
+            return ",".join(str(item) for item in items)
+    return value
 
 
 def _refuse_emulator_update_limits(
@@ -577,7 +649,7 @@ def deploy_stack(
         locations = {logical_id: (a.bucket, a.key) for logical_id, a in artifacts.items()}
         cfn = transform(template_path, locations, parameters, region=region)
         layer_arns = _publish_layers(clients["lambda"], cfn, artifacts, stack_name, region)
-        emulated, notes = prepare_for_emulator(cfn, layer_arns)
+        emulated, notes = prepare_for_emulator(cfn, layer_arns, stack_name, parameters)
         if notes:
             logger.info("adapted for the local emulator: %s", "; ".join(notes))
         action = _create_or_update(clients["cloudformation"], stack_name, emulated, parameters)

@@ -135,3 +135,21 @@ class StackReader:
 @pytest.fixture(scope="session")
 def stack_reader(deployed_stack):
     return StackReader(deployed_stack)
+
+
+@pytest.fixture(autouse=True)
+def _remove_instances_added_by_the_test(request):
+    """Each test leaves the shared stack's registry as it found it (a scheduled tick polls them all)."""
+    if "deployed_stack" not in request.fixturenames:
+        yield
+        return
+    outputs = request.getfixturevalue("deployed_stack")
+    from ppcollector.kvstore import DynamoKV
+    from ppcollector.state import StateStore
+
+    state = StateStore(DynamoKV(outputs["StateTableName"], boto3.client("dynamodb")))
+    before = {i.name for i in state.list_instances()}
+    yield
+    for instance in state.list_instances():
+        if instance.name not in before:
+            state.delete_instance(instance.name)

@@ -158,7 +158,7 @@ def test_changed_parameter_updates_the_stack_and_keeps_its_data(emulator, STACK)
 def test_update_the_emulator_cannot_apply_is_refused_not_half_done(emulator, STACK):
     before = deploy(STACK, TEMPLATE)
 
-    refused = r"cannot update CasbPollerLogGroup \(AWS::Logs::LogGroup\), TapPollerLogGroup"
+    refused = r"cannot update CasbPollerLogGroup \(AWS::Logs::LogGroup\), PodLogGroup .*TapPollerLogGroup"
     with pytest.raises(LocalDeployError, match=refused):
         deploy(STACK, TEMPLATE, {"LogRetentionDays": "7"})
 

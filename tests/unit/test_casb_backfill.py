@@ -6,7 +6,7 @@ simulator's handler (no socket), driven by the test's FakeClock.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +18,19 @@ from ppcollector.records import derive_id
 from ppcollector.state import ACTIVE, DEGRADED, Instance
 from ppcollector.timeutil import format_rfc3339, parse_timestamp
 from tests.fakes import FakeClock, make_deps
-from tests.unit.test_casb_poller import CASB, CLIENT_ID, SimSession, add_instance, make_sim, poll, window_truth
+from tests.unit.test_casb_poller import (
+    CASB,
+    CLIENT_ID,
+    Killed,
+    SimSession,
+    add_instance,
+    kill_at,
+    make_sim,
+    poll,
+    restart_after_kill,
+    window_truth,
+    with_s3,
+)
 from tests.unit.test_casb_poller import _fresh_token_cache as _fresh_token_cache  # noqa: F401 (autouse)
 
 MS = timedelta(milliseconds=1)
@@ -215,6 +227,67 @@ def test_a_new_backfill_replaces_the_finished_one(clock, sim, session):
     poll(deps)
     ids = [r["raw"]["eventId"] for r in backfill_records(sink, event_type="event")[before:]]
     assert ids == [e["eventId"] for e in sim.expected_events(since, until + MS)]
+
+
+# --- a crash between the sink write and the cursor write -----------------------------------------------
+
+def backfill_keys(s3) -> list[str]:
+    return [k for k in s3.objects if "/backfill-" in k]
+
+
+def test_a_crash_in_an_alerts_backfill_window_rewrites_the_same_objects(monkeypatch):
+    clock = FakeClock(datetime(2026, 11, 20, 12, 59, 30, tzinfo=UTC))
+    sim = make_sim(clock)
+    deps, sink = make_deps(clock, SimSession(sim))
+    s3 = with_s3(deps, sink)
+    add_instance(deps, feeds="alerts")
+    poll(deps)  # the live feed is caught up; the clock stands still, so the next write is the backfill's
+    since, until = clock.now - timedelta(days=2), clock.now - timedelta(days=1, hours=12)
+    CASB.start_backfill(deps, deps.state.get_instance("acme"), since, until)
+    kill_at(monkeypatch, "after_sink_commit")
+    with pytest.raises(Killed):
+        poll(deps)
+    [crashed_key] = backfill_keys(s3)
+    assert "/hour=12/backfill-alerts_" in crashed_key
+    marker = deps.state.get_cursor("acme", "backfill-alerts").data["pending"]
+    assert (marker["from"], marker["to"]) == (to_ms(since), to_ms(until))
+    first = s3.objects[crashed_key]
+    clock.advance(minutes=5)  # the next hour: the page time of a re-read would land in another partition
+    restart_after_kill()
+    poll_until_done(deps, ["backfill-alerts"])
+    assert backfill_keys(s3) == [crashed_key]  # rewritten in place
+    assert {r["received_time"] for r in s3.objects[crashed_key]} == {r["received_time"] for r in first}
+    ids = [r["raw"]["id"] for r in s3.objects[crashed_key]]
+    assert len(ids) == len(set(ids)) and sorted(ids) == window_truth(sim, since, until)
+    assert deps.state.get_cursor("acme", "backfill-alerts").data["pending"] is None
+
+
+def test_a_crash_in_an_events_backfill_page_rewrites_the_same_object(monkeypatch):
+    clock = FakeClock(datetime(2026, 11, 20, 12, 59, 30, tzinfo=UTC))
+    sim = make_sim(clock)
+    deps, sink = make_deps(clock, SimSession(sim))
+    s3 = with_s3(deps, sink)
+    add_instance(deps, feeds="events")
+    poll(deps)
+    since, until = clock.now - timedelta(days=2), clock.now - timedelta(days=1, hours=12)
+    CASB.start_backfill(deps, deps.state.get_instance("acme"), since, until)
+    kill_at(monkeypatch, "after_sink_commit", after=2)  # the backfill chain's third page
+    with pytest.raises(Killed):
+        poll(deps)
+    keys_before = backfill_keys(s3)
+    crashed_key = s3.puts[-1]
+    assert len(keys_before) == 3 and crashed_key in keys_before and "/hour=12/" in crashed_key
+    received = {r["received_time"] for r in s3.objects[crashed_key]}
+    clock.advance(minutes=5)
+    restart_after_kill()
+    puts_before = len(s3.puts)
+    poll_until_done(deps, ["backfill-events"])
+    assert [k for k in s3.puts[puts_before:] if "/backfill-" in k][0] == crashed_key  # after the live page
+    assert {r["received_time"] for r in s3.objects[crashed_key]} == received
+    assert set(keys_before) <= set(backfill_keys(s3))
+    ids = [r["raw"]["eventId"] for k in backfill_keys(s3) for r in s3.objects[k]]
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(e["eventId"] for e in sim.expected_events(since, until + MS))
 
 
 # --- refusals ------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,19 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from ppcollector.budget import credential_key
+from ppcollector.connectors import casb as casb_module
 from ppcollector.connectors.casb import AlertWindow, CasbConnector, clear_token_cache, read_alert_window, to_ms
 from ppcollector.errors import SettingsError, VendorAccessError, VendorAuthError
 from ppcollector.records import derive_id
 from ppcollector.runtime import handle_poll_event
+from ppcollector.sinks import S3Sink, SinkSet
 from ppcollector.spine import Deadline, PollFailed, poll_instance
 from ppcollector.state import ACTIVE, DEGRADED, FAILED, Instance
 from ppcollector.timeutil import format_rfc3339, parse_timestamp
 from ppsim.casb import CasbSimulator, _encode_position
 from ppsim.httpserver import Request
 from tests.conftest import register_secret
-from tests.fakes import FakeClock, make_deps
+from tests.fakes import FakeClock, gunzip_lines, make_deps
 
 ROOT = Path(__file__).resolve().parents[2]
 CASB = CasbConnector()
@@ -162,6 +164,53 @@ def event_ids(sink) -> list[str]:
 
 def window_truth(sim, start, end) -> list[str]:
     return sorted(a["id"] for a in sim.expected_alerts(to_ms(start), to_ms(end)))
+
+
+class Killed(BaseException):
+    """SIGKILL at a crashpoint: nothing after it runs; no handler of the collector catches a BaseException."""
+
+
+def kill_at(monkeypatch, point: str, after: int = 0) -> list[str]:
+    """The connector's ``crashpoint(point)`` kills the "process" the ``after + 1``-th time it is reached
+    (only then: the restarted process runs on). Returns the crashpoints reached."""
+    reached: list[str] = []
+
+    def crashpoint(name: str) -> None:
+        reached.append(name)
+        if name == point and reached.count(point) == after + 1:
+            raise Killed(name)
+
+    monkeypatch.setattr(casb_module, "crashpoint", crashpoint)
+    return reached
+
+
+def restart_after_kill() -> None:
+    """A new process: the token cache (module state of the killed one) is gone."""
+    clear_token_cache()
+
+
+class FakeS3:
+    """What the real S3 sink puts, by key: a put under an existing key replaces that object."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, list[dict[str, Any]]] = {}
+        self.puts: list[str] = []
+
+    def put_object(self, *, Bucket: str, Key: str, Body: Any, **_: Any) -> None:  # noqa: N803 (boto3 names)
+        self.objects[Key] = gunzip_lines(Body.read())
+        self.puts.append(Key)
+
+    def ids(self, event_type: str | None = None) -> list[str]:
+        return [r["id"] for records in self.objects.values() for r in records
+                if event_type is None or r["event_type"] == event_type]
+
+
+def with_s3(deps, sink) -> FakeS3:
+    """The real S3 sink (object keys from batch name and received_time) in front of the memory sink,
+    which plays Kinesis: it keeps every committed batch, repeats included."""
+    s3 = FakeS3()
+    deps.sinks = SinkSet([S3Sink(s3, "raw-bucket"), sink])
+    return s3
 
 
 # --- settings ----------------------------------------------------------------------------------------
@@ -599,6 +648,210 @@ def test_sink_failure_keeps_both_cursors(clock, sim, session):
     outcome = poll(deps)
     assert outcome.state == DEGRADED and "injected failure" in outcome.error
     assert deps.state.get_cursor("acme", "alerts").moment == clock.now - timedelta(minutes=30)
+
+
+# --- a failure between the sink write and the cursor write: the retry rewrites the same objects ------
+
+def test_a_crash_after_the_alerts_write_rewrites_the_same_objects_with_late_alerts_added(monkeypatch):
+    clock = FakeClock(datetime(2026, 11, 20, 12, 59, 30, tzinfo=UTC))  # the retry runs in the next hour
+    sim = make_sim(clock, alerts_per_hour=600, page_size=10)
+    deps, sink = make_deps(clock, SimSession(sim))
+    s3 = with_s3(deps, sink)
+    add_instance(deps, feeds="alerts", page_size=10)
+    start, end = clock.now - timedelta(minutes=30), clock.now - timedelta(minutes=1)
+    kill_at(monkeypatch, "after_sink_commit")
+    with pytest.raises(Killed):
+        poll(deps)
+    first_keys, first = set(s3.objects), [r for records in s3.objects.values() for r in records]
+    [batch] = {b.name for b, _ in sink.committed}
+    assert batch == f"alerts_{to_ms(start)}_{to_ms(end)}" and len(first) > 200
+    assert all("/dt=2026-11-20/hour=12/" in key for key in first_keys)
+    cursor = deps.state.get_cursor("acme", "alerts")
+    assert cursor.moment == start and cursor.data["pending"] == {
+        "from": to_ms(start), "to": to_ms(end), "floor": to_ms(start), "fetched_at": format_rfc3339(clock.now),
+        "batch": batch}
+    # The restart comes 5 minutes later, in the next hour: now - settle lag and the page time both moved.
+    # Meanwhile an alert arrived late inside the written window, and one after it.
+    late_inside, late_after = sim.insert_alerts([to_ms(end) - 5_000, to_ms(end) + 30_000])
+    clock.advance(minutes=5)
+    restart_after_kill()
+    puts_before, calls_before = len(s3.puts), len(deps.http.calls)
+    assert poll(deps).state == ACTIVE
+    ranges = [(r["from"], r["to"]) for r in alert_ranges(deps.http.calls[calls_before:])]
+    marked, following = (to_ms(start), to_ms(end)), (to_ms(end), to_ms(clock.now - timedelta(minutes=1)))
+    # The written window again, with the same bounds (not up to the new now - settle lag); then the next.
+    assert ranges == [marked] * ranges.count(marked) + [following] * ranges.count(following)
+    assert ranges.count(marked) > 1 and ranges.count(following) > 1
+    rewritten = s3.puts[puts_before:puts_before + len(first_keys)]
+    assert set(rewritten) == first_keys  # the same S3 keys: overwritten, not duplicated
+    again = [r for key in first_keys for r in s3.objects[key]]
+    assert {r["id"] for r in again} == {r["id"] for r in first} | {derive_id("proofpoint_casb", "alert",
+                                                                             late_inside["id"])}
+    assert {r["received_time"] for r in again} == {format_rfc3339(clock.now - timedelta(minutes=5))}
+    # Exactly once by id in S3, and complete; the memory sink (Kinesis) got the window twice.
+    ids = s3.ids()
+    assert len(ids) == len(set(ids))
+    assert sorted(r["raw"]["id"] for records in s3.objects.values() for r in records) == window_truth(
+        sim, start, clock.now - timedelta(minutes=1))
+    assert late_after["id"] in alert_ids(sink) and len(alert_ids(sink)) > len(set(alert_ids(sink)))
+    assert deps.state.get_cursor("acme", "alerts").data["pending"] is None
+
+
+def alert_ranges(calls: list[Call]) -> list[dict[str, int]]:
+    return [c.json["time_range"] for c in calls if c.path == "/v1/alerts"]
+
+
+def test_a_crash_after_a_partly_read_alerts_window_rewrites_it_whole_under_the_same_name(monkeypatch):
+    clock = FakeClock(datetime(2026, 11, 20, 12, 59, 30, tzinfo=UTC))
+    sim = make_sim(clock, alerts_per_hour=600, page_size=10)
+    deps, sink = make_deps(clock, SimSession(sim))
+    s3 = with_s3(deps, sink)
+    add_instance(deps, feeds="alerts", page_size=10, max_pages_per_poll=5)
+    start, end = clock.now - timedelta(minutes=30), clock.now - timedelta(minutes=1)
+    kill_at(monkeypatch, "after_sink_commit")
+    with pytest.raises(Killed):
+        poll(deps)  # the page cap: only the newest 5 pages are certain; they are written
+    first_keys = set(s3.objects)
+    pending = deps.state.get_cursor("acme", "alerts").data["pending"]
+    assert to_ms(start) < pending["floor"] < to_ms(end) and pending["batch"] == f"alerts_{to_ms(start)}_{to_ms(end)}"
+    clock.advance(minutes=5)
+    restart_after_kill()
+    for _ in range(40):
+        poll(deps)
+        if deps.state.get_cursor("acme", "alerts").moment >= clock.now - timedelta(minutes=1):
+            break
+    assert set(s3.objects) >= first_keys
+    ids = s3.ids()
+    assert len(ids) == len(set(ids))
+    assert sorted(r["raw"]["id"] for records in s3.objects.values() for r in records) == window_truth(
+        sim, start, clock.now - timedelta(minutes=1))
+
+
+def test_a_marked_window_is_read_again_with_the_same_bounds_after_a_429_and_a_less_complete_read(monkeypatch):
+    clock = FakeClock(datetime(2026, 11, 20, 12, 59, 30, tzinfo=UTC))
+    sim = make_sim(clock, alerts_per_hour=600, page_size=10)
+    session = SimSession(sim)
+    deps, sink = make_deps(clock, session)
+    s3 = with_s3(deps, sink)
+    add_instance(deps, feeds="alerts", page_size=10)
+    kill_at(monkeypatch, "after_sink_commit")
+    with pytest.raises(Killed):
+        poll(deps)
+    marked = deps.state.get_cursor("acme", "alerts").data["pending"]
+    first_keys, written = set(s3.objects), len(s3.puts)
+    bounds = {"from": marked["from"], "to": marked["to"]}
+    # Restarted later: a 429 after the first page of the re-read. Nothing is written, the marker stays.
+    clock.advance(minutes=5)
+    restart_after_kill()
+    session.script = [lambda c: None, lambda c: None, FakeResponse(429, b'{"message": "Limit Exceeded"}')]
+    assert poll(deps).state == DEGRADED
+    assert len(s3.puts) == written and deps.state.get_cursor("acme", "alerts").data["pending"] == marked
+    # Later still, with a smaller page cap: the re-read cannot vouch for all that was written; nothing
+    # is written over the first objects (they would lose alerts), the window is read again next poll.
+    clock.advance(minutes=10)
+    instance = deps.state.get_instance("acme")
+    instance.settings["max_pages_per_poll"] = 3
+    deps.state.save_instance(instance)
+    outcome = poll(deps)
+    assert outcome.error == "" and deps.state.get_status("acme")["reason"].startswith("catching up")
+    assert len(s3.puts) == written and deps.state.get_cursor("acme", "alerts").data["pending"] == marked
+    instance = deps.state.get_instance("acme")
+    instance.settings["max_pages_per_poll"] = 100
+    deps.state.save_instance(instance)
+    clock.advance(minutes=5)
+    assert poll(deps).state == ACTIVE
+    # Every read of the marked window asked for exactly its bounds; then it was rewritten under its keys.
+    marked_reads = [r for r in alert_ranges(session.calls) if r["from"] == marked["from"]]
+    assert len(marked_reads) > 3 and all(r == bounds for r in marked_reads)
+    assert set(s3.puts[written:written + len(first_keys)]) == first_keys
+    ids = s3.ids()
+    assert len(ids) == len(set(ids))
+    start = parse_timestamp(format_rfc3339(casb_module.from_ms(marked["from"])))
+    assert sorted(r["raw"]["id"] for records in s3.objects.values() for r in records) == window_truth(
+        sim, start, clock.now - timedelta(minutes=1))
+
+
+def test_a_crash_after_an_events_page_write_rewrites_the_same_object(monkeypatch):
+    clock = FakeClock(datetime(2026, 11, 20, 12, 59, 30, tzinfo=UTC))
+    sim = make_sim(clock, events_per_hour=600, events_page_size=20, token_ttl_seconds=86400)
+    session = SimSession(sim)
+    deps, sink = make_deps(clock, session)
+    s3 = with_s3(deps, sink)
+    add_instance(deps, feeds="events")
+    kill_at(monkeypatch, "after_sink_commit", after=2)  # the third page's write
+    with pytest.raises(Killed):
+        poll(deps)
+    crashed_key = s3.puts[-1]
+    crashed_request = session.calls[-1].params
+    pending = deps.state.get_cursor("acme", "events").data["pending"]
+    assert pending["request"] == crashed_request and pending["fetched_at"] == format_rfc3339(clock.now)
+    assert "/hour=12/" in crashed_key and crashed_key.endswith(f"/{pending['batch']}_0000.json.gz")
+    first = {r["id"]: r for r in s3.objects[crashed_key]}
+    clock.advance(hours=1)  # the page time of the re-read is in another hour
+    restart_after_kill()
+    puts_before, calls_before = len(s3.puts), len(session.calls)
+    assert poll(deps).state == ACTIVE
+    retry = next(c for c in session.calls[calls_before:] if c.path == "/v2/events")
+    assert retry.params == crashed_request  # the same request: the page token the cursor still holds
+    assert s3.puts[puts_before] == crashed_key  # written again under the same key
+    assert {r["id"]: r["received_time"] for r in s3.objects[crashed_key]} == {
+        i: r["received_time"] for i, r in first.items()}
+    ids = s3.ids()
+    assert len(ids) == len(set(ids))
+    assert sorted(r["raw"]["eventId"] for records in s3.objects.values() for r in records) == sorted(
+        e["eventId"] for e in sim.expected_events(datetime(2026, 11, 20, 12, 29, tzinfo=UTC),  # startTime's minute
+                                                  clock.now + timedelta(milliseconds=1)))
+    assert len(event_ids(sink)) > len(set(event_ids(sink)))  # Kinesis got that page twice
+    assert deps.state.get_cursor("acme", "events").data["pending"] is None
+
+
+def test_a_crash_then_a_refused_events_token_still_leaves_each_event_once_in_s3(monkeypatch):
+    clock = FakeClock(datetime(2026, 11, 20, 12, 59, 30, tzinfo=UTC))
+    sim = make_sim(clock, events_per_hour=600, events_page_size=20, token_ttl_seconds=86400)
+    session = SimSession(sim)
+    deps, sink = make_deps(clock, session)
+    s3 = with_s3(deps, sink)
+    add_instance(deps, feeds="events")
+    kill_at(monkeypatch, "after_sink_commit", after=1)
+    with pytest.raises(Killed):
+        poll(deps)
+    crashed_key = s3.puts[-1]
+    pending = deps.state.get_cursor("acme", "events").data["pending"]
+    clock.advance(hours=1)
+    restart_after_kill()
+    # The restarted poll's token is refused: the chain restarts from startTime (before the lost page).
+    session.script = [lambda c: None, FakeResponse(400, b'{"message": "Invalid nextPage token"}')]
+    puts_before, calls_before = len(s3.puts), len(session.calls)
+    assert poll(deps).state == ACTIVE
+    requests_sent = [next(iter(c.params)) for c in session.calls[calls_before:] if c.path == "/v2/events"]
+    assert requests_sent[:3] == ["nextPage", "startTime", "nextPage"]
+    # The restarted chain's first page with new events went under the lost write's key and page time.
+    assert s3.puts[puts_before] == crashed_key
+    assert {r["received_time"] for r in s3.objects[crashed_key]} == {pending["fetched_at"]}
+    ids = s3.ids()
+    assert len(ids) == len(set(ids))
+    assert sorted(r["raw"]["eventId"] for records in s3.objects.values() for r in records) == sorted(
+        e["eventId"] for e in sim.expected_events(datetime(2026, 11, 20, 12, 29, tzinfo=UTC),  # startTime's minute
+                                                  clock.now + timedelta(milliseconds=1)))
+
+
+def test_a_sink_failure_after_s3_rewrites_the_same_objects_at_the_next_poll():
+    clock = FakeClock(datetime(2026, 11, 20, 12, 59, 30, tzinfo=UTC))
+    sim = make_sim(clock)
+    deps, sink = make_deps(clock, SimSession(sim))
+    s3 = with_s3(deps, sink)
+    add_instance(deps)
+    sink.fail_commits = 1  # S3 acknowledged the alerts window, the second sink (Kinesis) did not
+    assert poll(deps).state == DEGRADED
+    first_keys = set(s3.objects)
+    assert first_keys and all("event_type=alert" in k for k in first_keys)
+    clock.advance(minutes=5)
+    puts_before = len(s3.puts)
+    assert poll(deps).state == ACTIVE
+    assert set(s3.puts[puts_before:puts_before + len(first_keys)]) == first_keys
+    ids = s3.ids()
+    assert len(ids) == len(set(ids)) and set(alert_ids(sink)) == {
+        r["raw"]["id"] for records in s3.objects.values() for r in records if r["event_type"] == "alert"}
 
 
 def test_handler_and_sample_events():

@@ -21,6 +21,34 @@ whose default is today's corroborated value (``SETTINGS`` below).
   a separate page-token chain from ``startTime = since`` (the API has no end parameter) that writes
   events stamped ``<= until`` and ends where a page passes ``until`` or the chain reaches its tail.
   Records keep the live ids (``derive_id`` on the vendor id); batch names carry the stream name.
+
+Retries rewrite the same objects (CONTRACT.md §5). An S3 key is the batch name plus the partition of
+each record's ``received_time`` (sinks.py), so both must be the same when a window or page is written
+again after a failure between the sink write and the cursor write (a crash, a sink or state-table
+error, a lost conditional write). Neither can be recomputed: an alerts window ends at ``now - settle
+lag`` and the page time is the time of the call. So, before anything is written, the cursor gets a
+*pending* marker, a conditional write at the same position with every other field unchanged:
+
+- alerts: ``pending = {"from", "to", "floor", "fetched_at", "batch"}``: the window's bounds (ms), the
+  oldest timestamp written (``from`` for a complete read), the page time and the batch name. Every
+  record of a window carries one ``received_time``: the time of the last page the read needed (all of
+  the window's alerts had been served by then). A poll that finds the marker plans exactly that window
+  again (``plan_alert_window``), reads it whole, and writes it under the same batch name with the same
+  ``received_time``: same keys, each object overwritten with a superset (late alerts inside the window
+  are added; alerts are never removed). A re-read less certain than the first write (it stopped with a
+  higher floor, or with no usable part) writes nothing and keeps the marker: the window is read again
+  next poll. Alerts outside the window follow the normal rules in later windows.
+- events: ``pending = {"request", "fetched_at", "batch"}``. The page identity is the request (the page
+  token, or ``startTime``); the cursor is unchanged, so the retry sends the same request and its page
+  is written under the marker's batch name and ``fetched_at``. The marker stays until a page with new
+  events is written under it; so if the token was refused meanwhile (the chain restarts from
+  ``startTime``), the first page with new events of the restarted chain overwrites the objects the
+  lost write left, and the events of that page that it does not hold come in later pages.
+- The write that advances the cursor clears the marker (``pending = None``), in the same conditional
+  write. Nothing is written to a sink before the marker is stored, and nothing is written for a read
+  that failed (a 401 after re-authentication, a 429, a malformed page: the whole window is discarded),
+  so a window re-planned after such a failure cannot meet objects of its own. A failure while a marked
+  window is re-read keeps the marker, hence the bounds, for the next poll.
 """
 
 from __future__ import annotations
@@ -456,6 +484,14 @@ class AlertWindow:
                 or (ts == self.end_ms and key in self.written_at_end))
 
 
+def _pending_window(cursor: Cursor) -> dict[str, Any] | None:
+    """The cursor's pending alerts marker, if it belongs to a window starting at the cursor."""
+    pending = cursor.data.get("pending")
+    if not isinstance(pending, dict) or cursor.moment is None or pending.get("from") != to_ms(cursor.moment):
+        return None
+    return pending
+
+
 def plan_alert_window(cursor: Cursor, now: datetime, settle_lag: timedelta,
                       until_ms: int | None = None) -> AlertWindow | None:
     """The next window: a resumed older part first, else ``[cursor, min(cursor + 24 h, now - lag)]``.
@@ -469,6 +505,9 @@ def plan_alert_window(cursor: Cursor, now: datetime, settle_lag: timedelta,
         return AlertWindow(start, int(data["resume_to_ms"]), boundary, frozenset(data.get("resume_ids") or ()),
                            resume=True, final_end_ms=int(data["window_to_ms"]),
                            final_end_ids=frozenset(data.get("window_to_ids") or ()))
+    pending = _pending_window(cursor)
+    if pending is not None:  # written, its cursor write lost: exactly the same window again
+        return AlertWindow(start, int(pending["to"]), boundary)
     end = min(to_ms(now - settle_lag), start + MAX_ALERT_WINDOW // timedelta(milliseconds=1))
     if until_ms is not None:
         end = min(end, until_ms)
@@ -488,6 +527,7 @@ class WindowRead:
     repeats: int = 0  # alerts served again within the window (pages shifted under us)
     bytes: int = 0
     held_back: _OutOfCalls | None = None  # the budget refused a call: re-raised once the read is delivered
+    fetched_at: datetime | None = None  # the last page's time: received_time of the window's records
 
 
 def read_alert_window(fetch: Callable[[int], Page], window: AlertWindow, items_key: str, page_size: int,
@@ -530,6 +570,7 @@ def read_alert_window(fetch: Callable[[int], Page], window: AlertWindow, items_k
                 break
             read.pages += 1
             read.bytes += result.size
+            read.fetched_at = result.fetched_at
             items = result.body.get(items_key)
             if not isinstance(items, list) or not all(isinstance(a, dict) for a in items):
                 raise VendorTransientError(f"malformed alerts page: {items_key!r} is not a list of objects")
@@ -689,8 +730,8 @@ class CasbConnector:
         # set_cursor keeps what a previous backfill left in the item: reset every reading field.
         fresh_state = {
             "alerts": {"boundary_ids": [], "resume_to_ms": None, "resume_ids": None, "window_to_ms": None,
-                       "window_to_ids": None},
-            "events": {"page_token": None, "recent_ids": [], "largest_page": 0},
+                       "window_to_ids": None, "pending": None},
+            "events": {"page_token": None, "recent_ids": [], "largest_page": 0, "pending": None},
         }
         streams = []
         for feed in wanted:
@@ -828,13 +869,22 @@ class CasbConnector:
         return cursor
 
     def _deliver_alerts(self, ctx: PollContext, window: AlertWindow, read: WindowRead, cursor: Cursor) -> Cursor:
-        """pull -> write -> checkpoint: the window (or its certain newer part) was read; write, commit, move."""
+        """pull -> mark -> write -> checkpoint: the window (or its certain newer part) was read; store the
+        pending marker, write, commit, then move the cursor and clear the marker in one conditional write.
+
+        A window already marked (a previous write whose cursor write never happened) is written under the
+        marker's batch name and received_time, so it overwrites the same objects (module docstring).
+        """
         deps, instance, report = ctx.deps, ctx.instance, ctx.report
         stream = cursor.stream  # "alerts", or "backfill-alerts": part of the batch name, so never the same objects
         crashpoint(AFTER_FETCH)
+        pending = _pending_window(cursor)
+        if pending is not None and int(pending["to"]) != window.end_ms:
+            pending = None  # not this window's (cannot happen: plan_alert_window plans the marked window)
         window_fields = {"stream": stream, "window_start": format_rfc3339(from_ms(window.start_ms)),
                          "window_end": format_rfc3339(from_ms(window.end_ms)), "resumed": window.resume,
-                         "pages": read.pages, "passes": read.passes, "repeats": read.repeats, "bytes": read.bytes}
+                         "rewrite": pending is not None, "pages": read.pages, "passes": read.passes,
+                         "repeats": read.repeats, "bytes": read.bytes}
         if not read.complete and read.floor_ms is None:
             logger.warning("casb: alerts window not read completely and no part of it is certain; nothing written, "
                            "read again next poll", extra={**window_fields, "stopped_by": read.stopped_by})
@@ -844,18 +894,37 @@ class CasbConnector:
                 f"more than {read.pages} pages of alerts share the timestamp {window.end_ms}: the window cannot be "
                 "split; raise max_pages_per_poll")
         floor = window.start_ms if read.complete else read.floor_ms
-        chosen = [(key, alert, fetched_at) for key, (alert, fetched_at) in read.alerts.items()
+        if pending is not None and floor > int(pending["floor"]):
+            # Writing the newer part only would overwrite the first write's objects with fewer alerts.
+            logger.warning("casb: re-read of a written alerts window is less complete than its first write; "
+                           "nothing written, read again next poll",
+                           extra={**window_fields, "stopped_by": read.stopped_by,
+                                  "floor": format_rfc3339(from_ms(floor)),
+                                  "written_floor": format_rfc3339(from_ms(int(pending["floor"])))})
+            return cursor
+        chosen = [(key, alert) for key, (alert, _) in read.alerts.items()
                   if not window.already_written(alert, key) and _at_or_after(alert, floor)]
-        batch = BatchInfo(SOURCE, instance.name, f"{stream}_{window.start_ms}_{window.end_ms}")
-        stats = self._write(ctx, batch, "alert", [(derive_id(SOURCE, "alert", _alert_identity(alert)), alert,
-                                                   _alert_time(alert), fetched_at) for _, alert, fetched_at in chosen])
+        if pending is not None:
+            name, received = str(pending["batch"]), parse_timestamp(pending["fetched_at"])
+        else:
+            name = f"{stream}_{window.start_ms}_{window.end_ms}"
+            received = read.fetched_at or deps.clock()
+            if chosen:
+                cursor = deps.state.advance_cursor(instance.name, cursor, cursor.position, pending={
+                    "from": window.start_ms, "to": window.end_ms, "floor": floor,
+                    "fetched_at": format_rfc3339(received), "batch": name})
+                received = parse_timestamp(cursor.data["pending"]["fetched_at"])  # exactly what a retry reuses
+        stats = self._write(ctx, BatchInfo(SOURCE, instance.name, name), "alert",
+                            [(derive_id(SOURCE, "alert", _alert_identity(alert)), alert, _alert_time(alert), received)
+                             for _, alert in chosen])
         crashpoint(AFTER_SINK_COMMIT)
         position, extra_data = self._next_alert_cursor(window, read)
-        cursor = deps.state.advance_cursor(instance.name, cursor, position, **extra_data)
+        cursor = deps.state.advance_cursor(instance.name, cursor, position, **extra_data, pending=None)
         report.events += len(chosen)
         report.windows += 1
         report.add_sink_stats(stats)
-        extra = {**window_fields, "complete": read.complete, **stats}
+        extra = {**window_fields, "complete": read.complete, "batch": name, "received_time": format_rfc3339(received),
+                 **stats}
         if not read.complete:
             extra.update(stopped_by=read.stopped_by, resume_to=format_rfc3339(from_ms(floor)))
         logger.info(f"casb: fetched {len(chosen)} events", extra=extra)
@@ -971,17 +1040,28 @@ class CasbConnector:
                 in_range.append(when)
             fresh.append((key, event))
         stats: dict[str, int] = {}
+        extra: dict[str, Any] = {}
+        pending = cursor.data.get("pending")
+        rewrite = bool(fresh) and isinstance(pending, dict)
         if fresh:
-            # Per request, and per backfill range: a backfill's objects never overwrite the live chain's,
-            # nor those of an earlier backfill of another range that read the same page.
-            basis: Any = params if bounds is None else {"params": params, "since": format_rfc3339(bounds[0]),
-                                                        "until": format_rfc3339(bounds[1])}
-            name = f"{stream}_" + hashlib.sha256(canonical_json(basis).encode()).hexdigest()[:24]
+            if isinstance(pending, dict):
+                # The write of this request's page (or, after a refused token, of the page the restarted
+                # chain stands at) was not checkpointed: the same objects again (module docstring).
+                name, received = str(pending["batch"]), parse_timestamp(pending["fetched_at"])
+            else:
+                # Per request, and per backfill range: a backfill's objects never overwrite the live chain's,
+                # nor those of an earlier backfill of another range that read the same page.
+                basis: Any = params if bounds is None else {"params": params, "since": format_rfc3339(bounds[0]),
+                                                            "until": format_rfc3339(bounds[1])}
+                name = f"{stream}_" + hashlib.sha256(canonical_json(basis).encode()).hexdigest()[:24]
+                cursor = deps.state.advance_cursor(instance.name, cursor, cursor.position, pending={
+                    "request": params, "fetched_at": format_rfc3339(page.fetched_at), "batch": name})
+                received = parse_timestamp(cursor.data["pending"]["fetched_at"])
             stats = self._write(ctx, BatchInfo(SOURCE, instance.name, name), "event",
-                                [(derive_id(SOURCE, "event", key), event, _event_time(event), page.fetched_at)
+                                [(derive_id(SOURCE, "event", key), event, _event_time(event), received)
                                  for key, event in fresh])
             crashpoint(AFTER_SINK_COMMIT)
-        extra: dict[str, Any] = {}
+            extra["pending"] = None
         if bounds is None:
             # The page token is the cursor (persisted for empty pages too); the position only says how far
             # the collected data reaches: the newest event seen, or the page time once a page is empty.
@@ -1009,7 +1089,8 @@ class CasbConnector:
         logger.info(f"casb: fetched {len(fresh)} events", extra={
             "stream": stream, "page": page_number, "request": next(iter(params)),
             "start_time": params.get(settings["events_start_param"]), "items": len(items),
-            "duplicates": len(items) - len(fresh) - outside, "outside_range": outside, "bytes": page.size, **stats})
+            "duplicates": len(items) - len(fresh) - outside, "outside_range": outside, "bytes": page.size,
+            "rewrite": rewrite, **stats})
         return cursor, more
 
     # --- writing ----------------------------------------------------------------------------------
