@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STACK = "proofpoint-collector-demo"
 TAP_PRINCIPAL = "demo-principal"
 TAP_SECRET = "demo-tap-secret-4d2b"
+CASB_CLIENT, CASB_SECRET, CASB_KEY = "demo-casb-client", "demo-casb-secret-51c0", "demo-casb-key-77e1"
 CYCLES = int(os.environ.get("DEMO_CYCLES", "3"))
 CYCLE_SECONDS = float(os.environ.get("DEMO_CYCLE_SECONDS", "31"))
 
@@ -77,6 +78,7 @@ def main() -> int:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's per-request lines
 
+    from ppsim.casb import CasbSimulator
     from ppsim.tap import TapSimulator
 
     say("starting the local AWS emulator and the Proofpoint simulator (127.0.0.1 only)")
@@ -88,7 +90,10 @@ def main() -> int:
     os.environ.pop("AWS_PROFILE", None)
     tap = TapSimulator({TAP_PRINCIPAL: TAP_SECRET}, seed=42, events_per_hour=900)
     tap.start()
-    print(f"AWS emulator: http://127.0.0.1:{port}\nTAP simulator: {tap.url}")
+    casb = CasbSimulator({CASB_CLIENT: CASB_SECRET}, {"demo": CASB_KEY}, seed=42, alerts_per_hour=60,
+                         events_per_hour=600)
+    casb.start()
+    print(f"AWS emulator: http://127.0.0.1:{port}\nTAP simulator: {tap.url}\nCASB simulator: {casb.url}")
     try:
         say("deploying template.yaml into the emulator")
         outputs = json.loads(ppctl("local", "deploy", "--json", quiet=True).stdout)
@@ -99,17 +104,24 @@ def main() -> int:
         ppctl("instance", "add", "tap", "demo-tap", "--principal", TAP_PRINCIPAL, "--base-url", tap.url,
               "--interval", "1m", "--settle-lag", "1m", "--initial-lookback", "2h", "--secret-stdin",
               stdin=TAP_SECRET + "\n")
+        say("adding a CASB instance (client secret and API key from stdin, one per line)")
+        ppctl("instance", "add", "casb", "demo-casb", "--client-id", CASB_CLIENT, "--api-fqdn", casb.url,
+              "--events-fqdn", casb.url, "--interval", "5m", "--initial-lookback", "2h", "--secret-stdin",
+              stdin=f"{CASB_SECRET}\n{CASB_KEY}\n")
         ppctl("status")
 
-        say(f"running the TAP poller on its schedule: {CYCLES} ticks, {CYCLE_SECONDS:.0f} s apart")
-        event = str(ROOT / "events" / "tap_poller_scheduled.json")
+        say(f"running the pollers on their schedule: {CYCLES} ticks, {CYCLE_SECONDS:.0f} s apart")
         for cycle in range(1, CYCLES + 1):
-            result = ppctl("local", "invoke", "TapPollerFunction", "--event", event, quiet=True)
-            summary = json.loads(result.stdout)
-            fetched = [line for line in result.stderr.splitlines() if "fetched" in line]
-            skipped = [o["skipped_reason"] for o in summary["outcomes"] if not o["polled"]]
-            print(f"  tick {cycle}: polled {summary['polled']} instance(s), {summary['events']} events"
-                  f" in {len(fetched)} window(s)" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+            for function, name in (("TapPollerFunction", "tap_poller"), ("CasbPollerFunction", "casb_poller")):
+                event = str(ROOT / "events" / f"{name}_scheduled.json")
+                result = ppctl("local", "invoke", function, "--event", event, quiet=True)
+                summary = json.loads(result.stdout)
+                fetched = [line for line in result.stderr.splitlines()
+                           if f'"message":"{summary["connector"]}: fetched' in line]
+                skipped = [o["skipped_reason"] for o in summary["outcomes"] if not o["polled"]]
+                print(f"  tick {cycle} {summary['connector']}: polled {summary['polled']} instance(s), "
+                      f"{summary['events']} events in {len(fetched)} batch(es)"
+                      + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
             if cycle < CYCLES:
                 time.sleep(CYCLE_SECONDS)
 
@@ -120,11 +132,12 @@ def main() -> int:
         for source, (objects, records) in sorted(per_source.items()):
             print(f"  S3 {source}: {records} records in {objects} objects (gzip NDJSON)")
         print(f"  Kinesis {outputs['EventStreamName']}: {stream_records} records")
-        ok = bool(per_source) and stream_records > 0
+        ok = {"source=tap", "source=casb"} <= set(per_source) and stream_records > 0
         print("\ndemo finished: " + ("events flowed into S3 and Kinesis" if ok else "NO DATA LANDED"))
         return 0 if ok else 1
     finally:
         tap.stop()
+        casb.stop()
         emulator.stop()
 
 

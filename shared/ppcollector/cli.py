@@ -116,7 +116,7 @@ def emit(args: argparse.Namespace, payload: Any, columns: list[str] | None = Non
     elif isinstance(payload, dict):
         width = max((len(k) for k in payload), default=0)
         for key, value in payload.items():
-            shown = json.dumps(value) if isinstance(value, dict | list) else value
+            shown = json.dumps(value) if isinstance(value, dict | list) else ("" if value is None else value)
             print(f"{key.ljust(width)}  {shown}")
     else:
         print(payload)
