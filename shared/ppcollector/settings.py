@@ -19,7 +19,9 @@ def as_list(value: Any) -> list[str]:
 
 def duration_setting(settings: dict[str, Any], key: str, default: str | None,
                       low: timedelta, high: timedelta) -> None:
-    raw = settings.get(key, default)
+    raw = settings.get(key)
+    if raw is None or raw == "":
+        raw = default  # absent, null or empty: the default (None: no value at all)
     if raw is None:
         settings.pop(key, None)
         return

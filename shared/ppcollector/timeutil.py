@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 _OFFSET_NO_COLON = re.compile(r"([+-])(\d{2})(\d{2})$")
 _DURATION_PART = re.compile(r"(\d+)\s*(sec|min|s|m|h|d)?", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(?:\d+\s*(?:sec|min|s|m|h|d)?\s*)+$", re.IGNORECASE)
+MAX_DURATION_SECONDS = 365 * 86400
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
@@ -61,12 +62,16 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    text = str(value)
-    if not _DURATION.match(text):
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 2d, 1h30m)")
-    return timedelta(seconds=sum(int(number) * _UNIT_SECONDS[(unit or "s").lower()]
-                                 for number, unit in _DURATION_PART.findall(text)))
+        seconds = value
+    else:
+        text = str(value)
+        if not _DURATION.match(text):
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h, 2d, 1h30m)")
+        seconds = sum(int(number) * _UNIT_SECONDS[(unit or "s").lower()]
+                      for number, unit in _DURATION_PART.findall(text))
+    if not 0 <= seconds <= MAX_DURATION_SECONDS:
+        raise ValueError(f"not a duration: {value!r} (0 .. 365d)")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:

@@ -199,14 +199,24 @@ class WindowBody:
         if self.file is None:
             return
         for key in keys:
-            self.file.seek(0)
-            try:
-                for event in ijson.items(self.file, f"{key}.item", use_float=True):
-                    if not isinstance(event, dict):
-                        raise VendorTransientError(f"malformed response: an item of {key} is not an object")
-                    yield key, event
-            except ijson.JSONError as exc:
-                raise VendorTransientError(f"malformed response body ({type(exc).__name__})") from exc
+            yielded = 0
+            backend: Any = ijson  # the C backend; the pure-Python one only for integers beyond 64 bits
+            while True:
+                self.file.seek(0)
+                try:
+                    for index, event in enumerate(backend.items(self.file, f"{key}.item", use_float=True)):
+                        if index < yielded:
+                            continue  # already handed out before the backend switch
+                        if not isinstance(event, dict):
+                            raise VendorTransientError(f"malformed response: an item of {key} is not an object")
+                        yielded += 1
+                        yield key, event
+                    break
+                except ijson.JSONError as exc:
+                    if "integer overflow" in str(exc) and backend is ijson:
+                        backend = ijson.get_backend("python")
+                        continue
+                    raise VendorTransientError(f"malformed response body ({type(exc).__name__})") from exc
 
 
 MAX_SKEW = timedelta(hours=1)
