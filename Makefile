@@ -8,7 +8,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 export SAM_CLI_TELEMETRY := 0
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: help venv lint unit integration template-check test demo build clean
+.PHONY: help venv lint unit integration template-check test demo build audit clean
 
 help:
 	@echo "make demo   - run the whole pipeline locally (Proofpoint simulator + local AWS emulator on loopback)"
@@ -50,6 +50,12 @@ build: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py
+
+# Vulnerability audit of the pinned runtime requirements. Needs PyPI's vulnerability data (internet),
+# so it is not part of `make test` (docs/RELIABILITY.md, "Dependency audit").
+audit: $(STAMP)
+	$(BIN)/python -m pip install -q pip-audit==2.10.1
+	$(BIN)/pip-audit -r requirements.txt --no-deps --disable-pip --strict
 
 clean:
 	rm -rf .aws-sam .demo .bench $(VENV) $(CHECKOV_VENV)
