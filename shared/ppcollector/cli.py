@@ -190,7 +190,19 @@ def _human_seconds(seconds: int | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     deps = load_stack(args.stack).deps()
     now = utcnow()
-    rows = [status_row(deps, i, now) for i in sorted(deps.state.list_instances(), key=lambda i: i.name)]
+    rows = []
+    for instance in sorted(deps.state.list_instances(), key=lambda i: i.name):
+        row = status_row(deps, instance, now)
+        rows.append(row)
+        # Streams with a status of their own (PoD: one websocket per type) get a row each.
+        for stream, detail in sorted((deps.state.get_status(instance.name).get("types") or {}).items()):
+            newest = detail.get("newest_ts")
+            lag = int((now - parse_timestamp(newest)).total_seconds()) if newest else None
+            rows.append({"name": f"{instance.name}/{stream}", "connector": instance.connector,
+                         "state": detail.get("state", ""), "last_success": detail.get("last_flush")
+                         or detail.get("last_connected"), "events": detail.get("last_events"),
+                         "lag": _human_seconds(lag), "lag_seconds": lag, "gaps": "",
+                         "last_error": detail.get("reason", "") if detail.get("state") != "Active" else ""})
     emit(args, rows, ["name", "connector", "state", "last_success", "events", "lag", "gaps", "last_error"])
     return 0
 
@@ -624,6 +636,17 @@ def build_parser() -> argparse.ArgumentParser:
     casb.add_argument("--disabled", action="store_true", help="register it disabled")
     casb.add_argument("--no-validate", action="store_true", help="skip the test call")
     casb.set_defaults(func=cmd_instance_add)
+
+    pod = add_sub.add_parser("pod", parents=[common], help="a PoD Log API cluster (token from prompt or stdin; "
+                             "the token must be dedicated to this collector)")
+    pod.add_argument("name")
+    pod.add_argument("--cluster-id", dest="cluster_id", required=True, help="the PoD cluster id (cid)")
+    pod.add_argument("--types", help="message,maillog,audit (default message,maillog)")
+    pod.add_argument("--url", help="stream URL (default wss://logstream.proofpoint.com; ws only for loopback)")
+    pod.add_argument("--secret-stdin", action="store_true", help="read the token from stdin")
+    pod.add_argument("--disabled", action="store_true", help="register it disabled")
+    pod.add_argument("--no-validate", action="store_true", help="skip the test handshake")
+    pod.set_defaults(func=cmd_instance_add)
 
     isub.add_parser("list", parents=[common]).set_defaults(func=cmd_instance_list)
     for verb, func in (("show", cmd_instance_show), ("remove", cmd_instance_remove),
