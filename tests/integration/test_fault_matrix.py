@@ -94,3 +94,61 @@ def test_no_event_lost_or_duplicated_in_s3(deployed_stack, stack_reader, sim, tm
     assert sum(expected.values()) > 0
     assert lost == 0 and duplicates == 0 and in_s3 == expected
     assert {r["id"] for r in landed} <= set(streamed)
+
+
+# --- CASB: the same boundaries, alerts and activity events ---------------------------------------
+
+CASB_SECRET, CASB_KEY = "sim-secret-7f3a9c", "casb-key-93b1e"
+
+
+@pytest.fixture(scope="module")
+def casb_sim():
+    from ppsim.casb import CasbSimulator
+    from tests.conftest import register_secret
+
+    register_secret(CASB_KEY)
+    with CasbSimulator({}, {"fm": CASB_KEY}, seed=29, alerts_per_hour=60, events_per_hour=240,
+                       daily_limit=100_000) as simulator:
+        yield simulator
+
+
+@pytest.mark.parametrize("point", crashpoints.ALL)
+def test_casb_crash_at_every_boundary_loses_nothing(deployed_stack, stack_reader, casb_sim, tmp_path, point):
+    from tests.integration.conftest import run_ppctl
+
+    name = f"fm-casb-{point.replace('_', '-')}"
+    client = f"client-{name}"
+    casb_sim.credentials[client] = CASB_SECRET
+    run_ppctl("instance", "add", "casb", name, "--client-id", client, "--api-fqdn", casb_sim.url, "--events-fqdn",
+              casb_sim.url, "--initial-lookback", "1h", "--no-validate", "--secret-stdin",
+              "--stack", deployed_stack["name"], stdin=f"{CASB_SECRET}\n{CASB_KEY}\n")
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"instance": name}))
+    crashed = invoke(deployed_stack, event, crashpoint=point, function="CasbPollerFunction")
+    assert crashed.returncode == -9, f"the process was not killed at {point}"
+    successes = 0
+    for _ in range(6):  # recover: two successful polls after the crash (the landed range is compared)
+        stack_reader.time_travel()
+        result = invoke(deployed_stack, event, function="CasbPollerFunction")
+        successes += result.returncode == 0
+        if successes == 2:
+            break
+    assert successes == 2, result.stderr[-500:]
+    landed = stack_reader.s3_records(f"proofpoint/source=casb/instance={name}/")
+    alerts = [r for r in landed if r["event_type"] == "alert"]
+    events = [r for r in landed if r["event_type"] == "event"]
+    alert_ms = [r["raw"]["timestamp"] for r in alerts]
+    expected_alerts = {a["id"] for a in casb_sim.expected_alerts(min(alert_ms), max(alert_ms))}
+    times = sorted(r["raw"]["timestamp"] for r in events)
+    expected_events = {e["eventId"] for e in casb_sim.expected_events(times[0], times[-1])}
+    got_alerts, got_events = [r["raw"]["id"] for r in alerts], [r["raw"]["eventId"] for r in events]
+    lost = len(expected_alerts - set(got_alerts)) + len(expected_events - set(got_events))
+    duplicates = (len(got_alerts) - len(set(got_alerts))) + (len(got_events) - len(set(got_events)))
+    FAULT_MATRIX["faults injected"] += 1
+    FAULT_MATRIX["events simulated"] += len(expected_alerts) + len(expected_events)
+    FAULT_MATRIX["events lost"] += lost
+    FAULT_MATRIX["duplicates in S3"] += duplicates
+    assert expected_alerts and expected_events
+    assert lost == 0 and duplicates == 0
+    streamed = {r["id"] for r in stack_reader.kinesis_records() if r["instance"] == name}
+    assert {r["id"] for r in landed} <= streamed

@@ -74,7 +74,7 @@ def test_duration_parser_accepts_or_explains(value):
 
 
 def _body(raw: bytes) -> WindowBody:
-    spool = tempfile.TemporaryFile()
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the WindowBody, closed by the test
     spool.write(raw)
     spool.seek(0)
     return WindowBody(200, spool, len(raw))

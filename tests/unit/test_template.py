@@ -406,6 +406,8 @@ def test_saved_queries_cover_fetched_errors_throttling_gaps(resources):
     assert "error_class" in text["ErrorsQuery"]
     assert "429" in text["ThrottlingQuery"]
     assert "unrecoverable gap" in text["GapsQuery"]
+    assert "409" in text["PodSessionsQuery"] and queries["PodSessionsQuery"]["LogGroupNames"] == [
+        {"Ref": "PodLogGroup"}]
     assert all(q["LogGroupNames"] for q in queries.values())
 
 

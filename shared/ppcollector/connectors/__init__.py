@@ -17,9 +17,13 @@ def get_connector(name: str) -> Connector:
         from .casb import CasbConnector
 
         return CasbConnector()
+    if name == "pod":
+        from .pod import PodConnector
+
+        return PodConnector()
     from ..errors import SettingsError
 
-    raise SettingsError(f"unknown connector {name!r} (known: tap, casb)")
+    raise SettingsError(f"unknown connector {name!r} (known: tap, casb, pod)")
 
 
-CONNECTOR_NAMES = ("tap", "casb")
+CONNECTOR_NAMES = ("tap", "casb", "pod")
