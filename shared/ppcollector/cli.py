@@ -199,8 +199,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             newest = detail.get("newest_ts")
             lag = int((now - parse_timestamp(newest)).total_seconds()) if newest else None
             rows.append({"name": f"{instance.name}/{stream}", "connector": instance.connector,
-                         "state": detail.get("state", ""), "last_success": detail.get("last_flush")
-                         or detail.get("last_connected"), "events": detail.get("last_events"),
+                         "state": detail.get("state", ""), "last_success": detail.get("last_message")
+                         or detail.get("last_connected"), "events": None, "reconnects": detail.get("reconnects"),
                          "lag": _human_seconds(lag), "lag_seconds": lag, "gaps": "",
                          "last_error": detail.get("reason", "") if detail.get("state") != "Active" else ""})
     emit(args, rows, ["name", "connector", "state", "last_success", "events", "lag", "gaps", "last_error"])

@@ -111,8 +111,10 @@ class StateStore:
         return instance
 
     def delete_instance(self, name: str) -> None:
-        for item in self.kv.query(f"inst#{name}"):
-            self.kv.delete(item.pk, item.sk)
+        """The instance, its cursors, status, leases, and the PoD dedup memory of its stream types."""
+        for pk in [f"inst#{name}", *(f"poddedup#{name}#{t}" for t in ("message", "maillog", "audit"))]:
+            for item in self.kv.query(pk):
+                self.kv.delete(item.pk, item.sk)
         self.kv.delete(REGISTRY_PK, name)
 
     # --- cursors --------------------------------------------------------------------------------

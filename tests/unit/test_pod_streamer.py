@@ -459,3 +459,29 @@ def test_registry_changes_are_picked_up_without_a_restart(make_sim):
     wait_for(lambda: not running.streamer.streams and not sim.stats()["sessions_open"], 10)
     running.stop()
     assert deps.state.get_status("acme")["state"] == "Disabled"
+
+
+def test_a_reconnect_emits_the_pod_metrics_blob(make_sim, capsys):
+    """Issue: operations — the EMF a PoD reconnect emits (names, dimensions, values)."""
+    import json
+
+    sim = make_sim()
+    deps, sink, _ = setup(sim)
+    running = Running(deps)
+    try:
+        wait_for(lambda: len(sink.records) > 0)
+        sim.drop()
+        wait_for(lambda: sim.stats()["connections_total"] >= 2)
+        flushed = len(sink.records)
+        wait_for(lambda: len(sink.records) > flushed)
+    finally:
+        running.stop()
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    pod = [b for b in blobs if b.get("connector") == "pod" and b.get("type") == "message"]
+    reconnect = [b for b in pod if b.get("Reconnects") == [1.0]]
+    assert reconnect, "a blob counts the reconnect"
+    dimensions = reconnect[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]
+    assert set(dimensions) == {"connector", "instance", "type", "service"} and reconnect[0]["instance"] == "acme"
+    names = {m["Name"] for b in pod for m in b["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"EventsCollected", "SecondsSinceLastMessage", "CollectionLag", "Reconnects", "MalformedFrames"} <= names
+    assert sum(b.get("EventsCollected", [0])[0] for b in pod) == len(sink.records)
