@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ STACK = "proofpoint-collector-demo"
 TAP_PRINCIPAL = "demo-principal"
 TAP_SECRET = "demo-tap-secret-4d2b"
 CASB_CLIENT, CASB_SECRET, CASB_KEY = "demo-casb-client", "demo-casb-secret-51c0", "demo-casb-key-77e1"
+POD_TOKEN, POD_CLUSTER = "demo-pod-token-9e3f", "demo_hosted"
 CYCLES = int(os.environ.get("DEMO_CYCLES", "3"))
 CYCLE_SECONDS = float(os.environ.get("DEMO_CYCLE_SECONDS", "31"))
 
@@ -71,6 +73,18 @@ def landed(outputs: dict[str, str]) -> tuple[dict[str, tuple[int, int]], int]:
     return per_source, stream_records
 
 
+def start_streamer(outputs: dict[str, str]) -> subprocess.Popen:
+    """The PoD streamer exactly as its Dockerfile runs it, with the environment the task definition sets."""
+    env = {**os.environ, "STATE_TABLE": outputs["StateTableName"], "RAW_BUCKET": outputs["RawBucketName"],
+           "EVENT_STREAM": outputs["EventStreamName"], "SINKS": outputs["SinkMode"],
+           "SECRET_PREFIX": outputs["SecretPrefix"], "POD_FLUSH_AGE_SECONDS": "5",
+           "POD_REGISTRY_REFRESH_SECONDS": "2"}
+    log = open(ROOT / ".demo" / "pod-streamer.log", "w")  # noqa: SIM115 - the process writes it until the end
+    print(f"$ python functions/pod_streamer/streamer.py   (log: {log.name})")
+    return subprocess.Popen([sys.executable, str(ROOT / "functions" / "pod_streamer" / "streamer.py")],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
 def main() -> int:
     import logging
 
@@ -79,8 +93,10 @@ def main() -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's per-request lines
 
     from ppsim.casb import CasbSimulator
+    from ppsim.pod import PodSimulator
     from ppsim.tap import TapSimulator
 
+    (ROOT / ".demo").mkdir(exist_ok=True)
     say("starting the local AWS emulator and the Proofpoint simulator (127.0.0.1 only)")
     port = free_port()
     emulator = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -93,7 +109,11 @@ def main() -> int:
     casb = CasbSimulator({CASB_CLIENT: CASB_SECRET}, {"demo": CASB_KEY}, seed=42, alerts_per_hour=60,
                          events_per_hour=600)
     casb.start()
-    print(f"AWS emulator: http://127.0.0.1:{port}\nTAP simulator: {tap.url}\nCASB simulator: {casb.url}")
+    pod = PodSimulator({POD_TOKEN: POD_CLUSTER}, seed=42, events_per_minute=120, duplicate_rate=0.02)
+    pod.start()
+    streamer = None
+    print(f"AWS emulator: http://127.0.0.1:{port}\nTAP simulator: {tap.url}\nCASB simulator: {casb.url}\n"
+          f"PoD simulator: {pod.url}")
     try:
         say("deploying template.yaml into the emulator")
         outputs = json.loads(ppctl("local", "deploy", "--json", quiet=True).stdout)
@@ -108,6 +128,10 @@ def main() -> int:
         ppctl("instance", "add", "casb", "demo-casb", "--client-id", CASB_CLIENT, "--api-fqdn", casb.url,
               "--events-fqdn", casb.url, "--interval", "5m", "--initial-lookback", "2h", "--secret-stdin",
               stdin=f"{CASB_SECRET}\n{CASB_KEY}\n")
+        say("adding a PoD instance (the token from stdin) and starting the PoD streamer process")
+        ppctl("instance", "add", "pod", "demo-pod", "--cluster-id", POD_CLUSTER, "--types", "message,maillog",
+              "--url", pod.url, "--secret-stdin", stdin=POD_TOKEN + "\n")
+        streamer = start_streamer(outputs)
         ppctl("status")
 
         say(f"running the pollers on their schedule: {CYCLES} ticks, {CYCLE_SECONDS:.0f} s apart")
@@ -125,6 +149,9 @@ def main() -> int:
             if cycle < CYCLES:
                 time.sleep(CYCLE_SECONDS)
 
+        say("stopping the PoD streamer (SIGTERM: flush, checkpoint, release the sessions)")
+        streamer.send_signal(signal.SIGTERM)
+        print(f"  streamer exited with {streamer.wait(60)}")
         say("status")
         ppctl("status")
         say("what landed")
@@ -132,12 +159,15 @@ def main() -> int:
         for source, (objects, records) in sorted(per_source.items()):
             print(f"  S3 {source}: {records} records in {objects} objects (gzip NDJSON)")
         print(f"  Kinesis {outputs['EventStreamName']}: {stream_records} records")
-        ok = {"source=tap", "source=casb"} <= set(per_source) and stream_records > 0
+        ok = {"source=tap", "source=casb", "source=pod"} <= set(per_source) and stream_records > 0
         print("\ndemo finished: " + ("events flowed into S3 and Kinesis" if ok else "NO DATA LANDED"))
         return 0 if ok else 1
     finally:
+        if streamer and streamer.poll() is None:
+            streamer.kill()
         tap.stop()
         casb.stop()
+        pod.stop()
         emulator.stop()
 
 

@@ -860,3 +860,24 @@ def test_handler_and_sample_events():
     scheduled = json.loads((ROOT / "events/casb_poller_scheduled.json").read_text())
     assert scheduled["detail-type"] == "Scheduled Event" and "instance" not in scheduled
     assert json.loads((ROOT / "events/casb_poller_instance.json").read_text()) == {"instance": "demo-casb"}
+
+
+def test_a_caught_up_poll_reads_one_alerts_window_even_while_the_clock_moves(sim, session):
+    """The alerts windows end at now - settle lag *as of the poll's start*: with time moving during the poll,
+    a caught-up instance must not chase the clock with ever-smaller windows (each one an API call)."""
+
+    class MovingClock(FakeClock):
+        def __call__(self):
+            self.now += timedelta(seconds=2)  # every read of the clock: time passes during the poll
+            return self.now
+
+    moving = MovingClock()
+    sim._clock = lambda: moving.now.timestamp()
+    deps, _ = make_deps(moving, session)
+    add_instance(deps, feeds="alerts")
+    poll(deps)  # catch up the initial 30 minutes
+    before = session.paths().count("/v1/alerts")
+    moving.now += timedelta(minutes=5)
+    outcome = poll(deps)
+    assert not outcome.error
+    assert session.paths().count("/v1/alerts") - before <= 2  # one window: a page or two, never a hundred

@@ -840,8 +840,11 @@ class CasbConnector:
         backfill = until_ms is not None
         pages_left = settings["max_pages_per_poll"]
         calls = 0
+        # One "now" per poll: windows reach now - settle lag as it was when the poll began, so a caught-up
+        # instance reads one window per poll instead of chasing the clock with ever-smaller windows.
+        poll_now = deps.clock()
         while True:
-            window = plan_alert_window(cursor, deps.clock(), self._settle_lag(settings), until_ms)
+            window = plan_alert_window(cursor, poll_now, self._settle_lag(settings), until_ms)
             if window is None:
                 break
             if pages_left <= 0:
