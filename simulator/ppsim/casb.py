@@ -61,6 +61,7 @@ from urllib.parse import parse_qs
 
 from .casb_events import MINUTE_MS, CasbModel
 from .httpserver import HttpServer, Request, Response
+from .service import LoopbackService
 
 AUTH_PATH = "/v1/auth"
 ALERTS_PATH = "/v1/alerts"
@@ -124,7 +125,7 @@ class _Fault:
         return spec
 
 
-class CasbSimulator:
+class CasbSimulator(LoopbackService):
     """A Proofpoint CASB (PCASB) API served on ``http://127.0.0.1:<port>``.
 
     Args:
@@ -195,41 +196,12 @@ class CasbSimulator:
         self._tokens_issued = 0
         self._total_requests = 0
         self._requests: deque[dict[str, Any]] = deque(maxlen=MAX_LOGGED_REQUESTS)
-        self._http = HttpServer(self, port=port)
+        self._server = HttpServer(self, port=port)
 
-    # --- lifecycle ----------------------------------------------------------------------------------
-
-    def start(self) -> str:
-        """Start serving; returns the base URL ``http://127.0.0.1:<port>``."""
-        return self._http.start()
-
-    def stop(self) -> None:
-        self._http.stop()
-
-    @property
-    def url(self) -> str:
-        return self._http.url
-
-    def __enter__(self) -> CasbSimulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # --- clock --------------------------------------------------------------------------------------
-
-    def now(self) -> float:
-        """The simulator's current time in epoch seconds (clock plus the offset)."""
-        return self._clock() + self._clock_offset
+    # lifecycle (start, stop, url, context manager) and the clock (now, set_clock_offset): LoopbackService
 
     def now_ms(self) -> int:
         return int(self.now() * 1000)
-
-    def set_clock_offset(self, seconds: float) -> None:
-        """Shift the simulator's now by ``seconds`` (absolute, not cumulative)."""
-        with self._lock:
-            self._clock_offset = float(seconds)
 
     # --- ground truth -------------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .pod_events import POD_TYPES, US, PodEventModel, PodSlot, encode_event, format_ts
+from .service import LoopbackService
 from .websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -201,7 +202,7 @@ class _Stop(Exception):
     """The session ended on purpose (a fault dropped or closed it)."""
 
 
-class PodSimulator:
+class PodSimulator(LoopbackService):
     """The PoD Log API served on ``ws://127.0.0.1:<port>``; see the module docstring.
 
     Args:
@@ -311,18 +312,7 @@ class PodSimulator:
         self._connections: deque[dict[str, Any]] = deque(maxlen=MAX_LOGGED_CONNECTIONS)
         self._server = WebSocketServer(self, port=port)
 
-    # --- lifecycle ----------------------------------------------------------------------------------
-
-    def start(self) -> str:
-        """Start serving; returns the base URL ``ws://127.0.0.1:<port>``."""
-        return self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
+    # lifecycle (start, stop, url, context manager) and the clock (now, set_clock_offset): LoopbackService
 
     def stream_url(self, cid: str, event_type: str, since: Any = None, to: Any = None) -> str:
         """``ws://127.0.0.1:<port>/v1/stream?cid=..&type=..`` (+ ``sinceTime``/``toTime`` in UTC)."""
@@ -332,28 +322,6 @@ class PodSimulator:
         if to is not None:
             query["toTime"] = _iso_utc(_to_us(to))
         return f"{self.url}{STREAM_PATH}?{urlencode(query)}"
-
-    def __enter__(self) -> PodSimulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # --- clock --------------------------------------------------------------------------------------
-
-    def now(self) -> float:
-        """The simulator's current time in epoch seconds (the clock plus the offset)."""
-        return self._clock() + self._clock_offset
-
-    def set_clock_offset(self, seconds: float) -> None:
-        """Shift the simulator's now by ``seconds`` (absolute, not cumulative)."""
-        with self._lock:
-            self._clock_offset = float(seconds)
-
-    @property
-    def clock_offset(self) -> float:
-        return self._clock_offset
 
     # --- ground truth -------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from http import HTTPStatus
 from typing import Any
 
 from .httpserver import HttpServer, Request, Response
+from .service import LoopbackService
 from .tap_events import (
     CLICKS_BLOCKED,
     CLICKS_PERMITTED,
@@ -155,7 +156,7 @@ class _Fault:
         return spec
 
 
-class TapSimulator:
+class TapSimulator(LoopbackService):
     """A Proofpoint TAP SIEM API served on ``http://127.0.0.1:<port>``.
 
     Args:
@@ -205,42 +206,9 @@ class TapSimulator:
         self._faults_applied: Counter[str] = Counter()
         self._total_requests = 0
         self._requests: deque[dict[str, Any]] = deque(maxlen=MAX_LOGGED_REQUESTS)
-        self._http = HttpServer(self, port=port)
+        self._server = HttpServer(self, port=port)
 
-    # --- lifecycle ----------------------------------------------------------------------------------
-
-    def start(self) -> str:
-        """Start serving; returns the base URL ``http://127.0.0.1:<port>``."""
-        return self._http.start()
-
-    def stop(self) -> None:
-        self._http.stop()
-
-    @property
-    def url(self) -> str:
-        return self._http.url
-
-    def __enter__(self) -> TapSimulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # --- clock --------------------------------------------------------------------------------------
-
-    def now(self) -> float:
-        """The simulator's current time in epoch seconds (real clock plus the offset)."""
-        return self._clock() + self._clock_offset
-
-    def set_clock_offset(self, seconds: float) -> None:
-        """Shift the simulator's now by ``seconds`` (absolute, not cumulative) to mimic clock skew."""
-        with self._lock:
-            self._clock_offset = float(seconds)
-
-    @property
-    def clock_offset(self) -> float:
-        return self._clock_offset
+    # lifecycle (start, stop, url, context manager) and the clock (now, set_clock_offset): LoopbackService
 
     # --- ground truth -------------------------------------------------------------------------------
 
