@@ -27,7 +27,6 @@ from .errors import (
     VendorAccessError,
     VendorAuthError,
     VendorError,
-    VendorThrottled,
 )
 from .observability import COUNT, SECONDS, emit_metrics, logger
 from .secrets import Credentials, SecretStore
@@ -179,26 +178,15 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         logger.info("cursor advanced by another invocation; stopping cleanly", extra={"detail": str(conflict)})
         outcome.state = deps.state.get_status(name).get("state", PENDING)
     except (VendorAuthError, VendorAccessError, SettingsError) as exc:
-        outcome.error, outcome.raise_error = str(exc), True
-        outcome.error_class = type(exc).__name__
-        outcome.state = _record_failure(deps, instance, FAILED, exc, backoff=FAILED_RETRY)
-    except VendorThrottled as exc:
-        outcome.error, outcome.raise_error = str(exc), True
-        outcome.error_class = type(exc).__name__
-        outcome.state = _record_failure(deps, instance, DEGRADED, exc)
+        _fail(deps, instance, outcome, FAILED, exc, backoff=FAILED_RETRY)
     except (BotoCoreError, ClientError) as exc:  # an AWS service (DynamoDB, Secrets Manager) failed us
-        outcome.error, outcome.raise_error = f"AWS error: {exc}", True
-        outcome.error_class = "AwsServiceError"
-        outcome.state = _record_failure(deps, instance, DEGRADED, exc)
-    except (VendorError, SinkError, CollectorError) as exc:
-        outcome.error, outcome.raise_error = str(exc), True
-        outcome.error_class = type(exc).__name__
-        outcome.state = _record_failure(deps, instance, DEGRADED, exc)
+        _fail(deps, instance, outcome, DEGRADED, exc, message=f"AWS error: {exc}", error_class="AwsServiceError")
+    except (VendorError, SinkError, CollectorError) as exc:  # throttles, transient vendor and sink errors
+        _fail(deps, instance, outcome, DEGRADED, exc)
     except Exception as exc:  # an unexpected bug: Degraded, and the invocation fails loudly
         logger.exception("unexpected error while polling")
-        outcome.error, outcome.raise_error = f"internal error: {type(exc).__name__}: {exc}", True
-        outcome.error_class = "InternalError"
-        outcome.state = _record_failure(deps, instance, DEGRADED, exc)
+        _fail(deps, instance, outcome, DEGRADED, exc, message=f"internal error: {type(exc).__name__}: {exc}",
+              error_class="InternalError")
     else:
         outcome.state = _record_success(deps, instance, report, lag_threshold(connector, instance, deps))
     finally:
@@ -212,6 +200,14 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         _emit_poll_metrics(connector, instance, deps, report, outcome, time.monotonic() - started)
     outcome.events = report.events
     return outcome
+
+
+def _fail(deps: Deps, instance: Instance, outcome: Outcome, state: str, exc: BaseException, *,
+          message: str | None = None, error_class: str | None = None, backoff: timedelta | None = None) -> None:
+    """A failed poll: the invocation will fail (raise_error), the status says why."""
+    outcome.error, outcome.raise_error = message or str(exc), True
+    outcome.error_class = error_class or type(exc).__name__
+    outcome.state = _record_failure(deps, instance, state, exc, backoff=backoff)
 
 
 def _transition(instance: Instance, status: dict[str, Any], state: str, reason: str) -> None:
