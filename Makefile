@@ -8,7 +8,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 export SAM_CLI_TELEMETRY := 0
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: help venv lint unit integration template-check test demo build audit clean
+.PHONY: help venv lint unit integration template-check test demo build audit clean bench
 
 help:
 	@echo "make demo   - run the whole pipeline locally (Proofpoint simulator + local AWS emulator on loopback)"
@@ -50,6 +50,10 @@ build: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py
+
+# Performance benchmarks with their targets (README.md, "Performance"): minutes, not part of `make test`.
+bench: $(STAMP)
+	$(BIN)/python tools/bench.py
 
 # Vulnerability audit of the pinned runtime requirements. Needs PyPI's vulnerability data (internet),
 # so it is not part of `make test` (docs/RELIABILITY.md, "Dependency audit").

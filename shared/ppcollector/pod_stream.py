@@ -388,9 +388,14 @@ class TypeStream:
             if not text.strip():
                 self.counters["EmptyFrames"] += 1
                 return None
-            event = json.loads(text)
+            constants: list[str] = []
+            event = json.loads(text, parse_constant=constants.append)
             if not isinstance(event, dict):
                 raise ValueError("not a JSON object")
+            if constants:  # NaN/Infinity: not strict JSON; keep the default reading and re-serialise
+                event = json.loads(text)
+            # The frame's own text becomes the record's raw, unless it is not one strict JSON line.
+            raw_json = None if constants or "\n" in text or "\r" in text else text
         except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             self.counters["MalformedFrames"] += 1
             self.totals["malformed"] += 1
@@ -409,7 +414,7 @@ class TypeStream:
             return ts or received
         self.batch.add(build_record(
             record_id=rid, source=SOURCE, instance=self.instance.name, event_type=self.event_type, raw=event,
-            event_time=ts, received_time=received, collected_time=self.deps.clock(),
+            event_time=ts, received_time=received, collected_time=self.deps.clock(), raw_json=raw_json,
         ), moment, ts)
         return ts or received
 

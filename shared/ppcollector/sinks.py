@@ -13,12 +13,15 @@ returns only when every selected sink acknowledged everything; only then may the
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import random
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +30,7 @@ from .errors import SinkError
 from .records import OutRecord
 
 GZIP_LEVEL = 6
+GZIP_WRITE_BYTES = 256 * 1024  # lines are handed to the compressor in blocks (one call per line cost 2x)
 S3_PART_BYTES = 64 * 1024 * 1024
 KINESIS_MAX_RECORDS = 500
 KINESIS_MAX_BATCH_BYTES = 5 * 1024 * 1024
@@ -64,23 +68,70 @@ def partition_prefix(source: str, instance: str, event_type: str, received_hour:
     )
 
 
+class _Compressor:
+    """Runs a batch's gzip writes on one worker thread, in order, so compression (zlib releases the
+    GIL) overlaps the parsing and serialising of the next records: gzip is the largest single cost
+    of a TAP poll (tools/bench.py). At most ``MAX_PENDING`` blocks wait (bounded memory); ``wait``
+    returns when all are written and re-raises a worker's error."""
+
+    MAX_PENDING = 8
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[Any]] = deque()
+
+    def submit(self, write: Callable[[bytes], Any], block: bytes) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip")
+        self._pending.append(self._pool.submit(write, block))
+        while len(self._pending) > self.MAX_PENDING:
+            self._pending.popleft().result()
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pending.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
 class _Part:
     """One gzip NDJSON object being built in a temporary file (bounded memory for any size)."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, compressor: _Compressor) -> None:
         self.key = key
+        self.compressor = compressor
         self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in upload()/discard()
         self.gzip = gzip.GzipFile(fileobj=self.file, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
         self.raw_bytes = 0
         self.records = 0
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     def write(self, line: bytes) -> None:
-        self.gzip.write(line)
-        self.gzip.write(b"\n")
+        self._pending.append(line)
+        self._pending_bytes += len(line) + 1
         self.raw_bytes += len(line) + 1
         self.records += 1
+        if self._pending_bytes >= GZIP_WRITE_BYTES:
+            self._drain()
+
+    def _drain(self) -> None:
+        if self._pending:
+            self._pending.append(b"")
+            self.compressor.submit(self.gzip.write, b"\n".join(self._pending))
+            self._pending = []
+            self._pending_bytes = 0
 
     def upload(self, client: Any, bucket: str) -> None:
+        self._drain()
+        self.compressor.wait()
         self.gzip.close()
         self.file.seek(0)
         try:
@@ -92,6 +143,9 @@ class _Part:
             self.file.close()
 
     def discard(self) -> None:
+        self._pending = []
+        with contextlib.suppress(Exception):
+            self.compressor.wait()
         self.gzip.close()
         self.file.close()
 
@@ -116,15 +170,21 @@ class _S3Batch:
         self.part_numbers: dict[tuple[str, str], int] = {}
         self.objects = 0
         self.records = 0
+        self.compressor = _Compressor()
+        self._last_time: Any = None  # a window's records share one received_time object: format it once
+        self._last_hour = ""
 
     def add(self, record: OutRecord) -> None:
-        group = (record.event_type, record.received_time.strftime("%Y-%m-%dT%H"))
+        if record.received_time is not self._last_time:
+            self._last_time, self._last_hour = record.received_time, record.received_time.strftime("%Y-%m-%dT%H")
+        group = (record.event_type, self._last_hour)
         part = self.open_parts.get(group)
         if part is None:
             number = self.part_numbers.get(group, 0)
             self.part_numbers[group] = number + 1
             prefix = partition_prefix(self.batch.source, self.batch.instance, group[0], group[1])
-            part = self.open_parts[group] = _Part(f"{prefix}{self.batch.name}_{number:04d}.json.gz")
+            part = self.open_parts[group] = _Part(f"{prefix}{self.batch.name}_{number:04d}.json.gz",
+                                                  self.compressor)
         part.write(record.line)
         if part.raw_bytes >= self.sink.part_bytes:
             self._upload(group)
@@ -139,14 +199,20 @@ class _S3Batch:
         self.records += part.records
 
     def commit(self) -> dict[str, int]:
-        for group in list(self.open_parts):
-            self._upload(group)
+        try:
+            for group in list(self.open_parts):
+                self._upload(group)
+        finally:
+            with contextlib.suppress(Exception):
+                self.compressor.close()
         return {"s3_objects": self.objects, "s3_records": self.records}
 
     def abort(self) -> None:
         for part in self.open_parts.values():
             part.discard()
         self.open_parts.clear()
+        with contextlib.suppress(Exception):
+            self.compressor.close()
 
 
 class KinesisSink:
@@ -272,6 +338,92 @@ class SinkSet:
         return _MultiBatch([(sink.name, sink.open_batch(batch)) for sink in self.sinks])
 
 
+_NO_ID = bytes(16)
+
+
+class _IdSet:
+    """The record ids seen in one batch, exactly, in ~16-32 bytes per id past the first 10,000.
+
+    A ``set`` of ``str`` costs ~120 bytes per id: 25 MB for a 200,000-event TAP hour, the only part
+    of a poll's memory that grew with the response (tools/bench.py). Small batches (PoD flushes) keep
+    a plain set, the fastest; past ``_SMALL`` ids, ``derive_id`` ids (32 lowercase hex digits) move
+    to 16 raw bytes each in open-addressed tables, 256 of them by the first byte, so growing one
+    copies a sliver; any other id goes to a plain set. Membership is exact either way.
+    """
+
+    _START_SLOTS = 256
+    _MAX_LOAD = 0.75
+
+    _SMALL = 10_000  # up to this many ids a plain set (fastest); beyond, the compact tables
+
+    def __init__(self) -> None:
+        self._small: set[str] | None = set()
+        self._tables: list[bytearray] = []
+        self._used = [0] * 256
+        self._other: set[str] = set()
+        self._zero = False
+
+    def add(self, record_id: str) -> bool:
+        """Remember ``record_id``; False when it was already there."""
+        small = self._small
+        if small is not None:
+            if record_id in small:
+                return False
+            small.add(record_id)
+            if len(small) > self._SMALL:
+                self._small = None
+                self._tables = [bytearray(16 * self._START_SLOTS) for _ in range(256)]
+                for known in small:
+                    self._add(known)
+            return True
+        return self._add(record_id)
+
+    def _add(self, record_id: str) -> bool:
+        try:
+            key = bytes.fromhex(record_id)
+        except ValueError:
+            key = b""
+        if len(key) != 16 or key.hex() != record_id:  # not 32 lowercase hex digits
+            if record_id in self._other:
+                return False
+            self._other.add(record_id)
+            return True
+        if key == _NO_ID:  # the empty-slot value: remembered apart
+            seen, self._zero = self._zero, True
+            return not seen
+        shard = key[0]
+        table = self._tables[shard]
+        mask = (len(table) >> 4) - 1
+        slot = int.from_bytes(key[1:5], "little") & mask
+        while True:
+            offset = slot << 4
+            current = table[offset:offset + 16]
+            if current == key:
+                return False
+            if current == _NO_ID:
+                break
+            slot = (slot + 1) & mask
+        table[offset:offset + 16] = key
+        self._used[shard] += 1
+        if self._used[shard] > self._MAX_LOAD * (mask + 1):
+            self._grow(shard)
+        return True
+
+    def _grow(self, shard: int) -> None:
+        old = self._tables[shard]
+        table = bytearray(2 * len(old))
+        mask = (len(table) >> 4) - 1
+        for offset in range(0, len(old), 16):
+            key = old[offset:offset + 16]
+            if key == _NO_ID:
+                continue
+            slot = int.from_bytes(key[1:5], "little") & mask
+            while table[slot << 4:(slot << 4) + 16] != _NO_ID:
+                slot = (slot + 1) & mask
+            table[slot << 4:(slot << 4) + 16] = key
+        self._tables[shard] = table
+
+
 class _MultiBatch:
     """Adds each record to every sink once (a record id seen earlier in the batch is dropped: the
     vendor repeated it), and commits sink after sink."""
@@ -280,13 +432,12 @@ class _MultiBatch:
         self.writers = writers
         self.count = 0
         self.duplicates = 0
-        self._seen: set[str] = set()
+        self._seen = _IdSet()
 
     def add(self, record: OutRecord) -> None:
-        if record.id in self._seen:
+        if not self._seen.add(record.id):
             self.duplicates += 1
             return
-        self._seen.add(record.id)
         for _, writer in self.writers:
             writer.add(record)
         self.count += 1

@@ -5,10 +5,19 @@ Per instance and endpoint: a cursor; each window is ``[cursor, min(cursor + 1 h,
 body (no paging: a whole hour in one response) is spooled to a temporary file, then parsed
 incrementally, so memory does not grow with the response. The next cursor is the response's
 ``queryEndTime``; a 204 or an empty body advances to the requested end.
+
+Parsing (``WindowBody.events``) takes one pass over the body, each event decoded by the C ``json``
+scanner from a bounded text buffer; anything that path would not read exactly as ijson does (a
+lone surrogate escape, NaN, a float overflow, odd whitespace or shape, invalid UTF-8, an event over
+16 Mi characters, a malformed body) hands over to ijson, which decides, so the events and errors
+are those of the ijson reader. Measured in tools/bench.py: 4x faster than one ijson pass per key.
 """
 
 from __future__ import annotations
 
+import codecs
+import json
+import math
 import re
 import tempfile
 import time
@@ -33,7 +42,7 @@ from ..errors import (
 )
 from ..http import CONNECT_TIMEOUT, READ_TIMEOUT, check_endpoint
 from ..observability import logger
-from ..records import build_record, canonical_json, derive_id
+from ..records import RecordBuilder, canonical_json, derive_id_from_canonical
 from ..secrets import Credentials
 from ..settings import as_list, duration_setting
 from ..sinks import BatchInfo
@@ -195,18 +204,30 @@ class WindowBody:
         raise VendorTransientError("malformed response: the body has no queryEndTime")
 
     def events(self, keys: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Stream (event_type, event) pairs; a truncated or malformed body raises mid-way."""
+        """Stream (event_type, event) pairs; a truncated or malformed body raises mid-way.
+
+        Events come in body order (per type: the response's order). The fast single pass is tried
+        first; where it stops (``_Fallback``), ijson reads on from the events already handed out.
+        """
         if self.file is None:
             return
+        handed_out = dict.fromkeys(keys, 0)
+        try:
+            for key, event in _fast_events(self.file, keys):
+                handed_out[key] += 1
+                yield key, event
+            return
+        except _Fallback:
+            pass
         for key in keys:
-            yielded = 0
+            yielded = handed_out[key]
             backend: Any = ijson  # the C backend; the pure-Python one only for integers beyond 64 bits
             while True:
                 self.file.seek(0)
                 try:
                     for index, event in enumerate(backend.items(self.file, f"{key}.item", use_float=True)):
                         if index < yielded:
-                            continue  # already handed out before the backend switch
+                            continue  # already handed out (by the fast pass or before the backend switch)
                         if not isinstance(event, dict):
                             raise VendorTransientError(f"malformed response: an item of {key} is not an object")
                         yielded += 1
@@ -217,6 +238,141 @@ class WindowBody:
                         backend = ijson.get_backend("python")
                         continue
                     raise VendorTransientError(f"malformed response body ({type(exc).__name__})") from exc
+
+
+# --- the fast single-pass reader ------------------------------------------------------------------
+
+class _Fallback(Exception):
+    """Something the fast reader does not read exactly as ijson would: ijson takes over."""
+
+
+def _checked_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _Fallback  # yajl refuses a numeric overflow; json would give inf
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _Fallback  # NaN / Infinity are not JSON (json accepts them, yajl does not)
+
+
+_DECODER = json.JSONDecoder(parse_float=_checked_float, parse_constant=_no_constant)
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+# A lone surrogate escape (json keeps it, yajl writes "?"); pairs decode alike in both.
+_LONE_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                             r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]")
+_FAST_READ = 1024 * 1024  # bytes per read
+_FAST_MAX_PENDING = 16 * 1024 * 1024  # characters one value may span before ijson (streaming) takes over
+
+
+class _FastReader:
+    """A bounded text window over the spooled body, values decoded with the C json scanner."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        file.seek(0)
+        self.file = file
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.text = ""
+        self.pos = 0
+        self.eof = False
+        self.start = 0  # where the last value() began
+
+    def more(self, at_least: int = 0) -> None:
+        if self.eof:
+            raise _Fallback
+        chunk = self.file.read(max(_FAST_READ, at_least))
+        self.eof = not chunk
+        try:
+            fresh = self.decoder.decode(chunk, final=self.eof)
+        except UnicodeDecodeError:
+            raise _Fallback from None
+        self.text = self.text[self.pos:] + fresh
+        self.pos = 0
+        if len(self.text) > _FAST_MAX_PENDING:
+            raise _Fallback
+
+    def peek(self) -> str:
+        """The next character after whitespace ("" at the end of the body)."""
+        while True:
+            self.pos = _WHITESPACE.match(self.text, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if self.eof:
+                return ""
+            self.more()
+
+    def expect(self, char: str) -> None:
+        if self.peek() != char:
+            raise _Fallback
+        self.pos += 1
+
+    def value(self) -> Any:
+        while True:
+            self.peek()
+            try:
+                value, end = _DECODER.raw_decode(self.text, self.pos)
+            except (ValueError, RecursionError) as exc:
+                # Cut by the window's end (read on), or wrong (ijson will say what is wrong).
+                cut = isinstance(exc, json.JSONDecodeError) and (
+                    exc.msg.startswith("Unterminated string") or exc.pos >= len(self.text) - 32)
+                if not cut or self.eof:
+                    raise _Fallback from None
+                self.more(len(self.text) - self.pos)
+                continue
+            if end >= len(self.text) and not self.eof and isinstance(value, int | float):
+                self.more(len(self.text) - self.pos)  # a number may go on in the next read
+                continue
+            self.start, self.pos = self.pos, end
+            return value
+
+
+def _fast_events(file: IO[bytes], keys: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The top-level object's arrays under ``keys``, item by item; other members are read and dropped."""
+    reader = _FastReader(file)
+    wanted = set(keys)
+    reader.expect("{")
+    if reader.peek() == "}":
+        reader.pos += 1
+    else:
+        while True:
+            if reader.peek() != '"':
+                raise _Fallback
+            key = reader.value()
+            reader.expect(":")
+            if reader.peek() == "[":
+                reader.pos += 1
+                if reader.peek() == "]":
+                    reader.pos += 1
+                else:
+                    while True:
+                        item = reader.value()
+                        if key in wanted:
+                            if not isinstance(item, dict):
+                                raise _Fallback  # ijson raises it, after the same events
+                            text, start = reader.text, reader.start
+                            if text.find("\\u", start, reader.pos) >= 0 and _LONE_SURROGATE.search(
+                                    text, start, reader.pos):
+                                raise _Fallback
+                            yield key, item
+                        separator = reader.peek()
+                        reader.pos += 1
+                        if separator == "]":
+                            break
+                        if separator != ",":
+                            raise _Fallback
+            elif key in wanted:
+                raise _Fallback  # not an array: ijson's prefix rules decide what it yields
+            else:
+                reader.value()
+            separator = reader.peek()
+            reader.pos += 1
+            if separator == "}":
+                break
+            if separator != ",":
+                raise _Fallback
+    if reader.peek() != "":
+        raise _Fallback  # data after the object
 
 
 MAX_SKEW = timedelta(hours=1)
@@ -327,16 +483,69 @@ def _spool(response: requests.Response, endpoint: Endpoint, give_up_at: float) -
 
 # --- records --------------------------------------------------------------------------------------
 
+_SORTED_ARRAYS = ("messageParts", "threatsInfoMap")
+# Stand-ins for the sorted arrays while the rest of the event is serialised (see _identity_json).
+_MARKERS = {key: f"\x00ppcollector-sorted-{key}\x00" for key in _SORTED_ARRAYS}
+_MARKER_TEXT = {key: canonical_json(marker) for key, marker in _MARKERS.items()}
+_ANY_MARKER = re.compile(re.escape(canonical_json("\x00ppcollector-sorted-")[:-1]) + r"(\w*)\\u0000\"")
+
+
 def _identity(event: dict[str, Any]) -> Any:
     """The canonical event. Array order is not guaranteed by the API (tap.md §5.5): sort those we know.
 
     Per-recipient events share a GUID but differ in ``recipient`` and ``id``, so they never collapse.
     """
     canonical = dict(event)
-    for key in ("messageParts", "threatsInfoMap"):
+    for key in _SORTED_ARRAYS:
         if isinstance(canonical.get(key), list):
             canonical[key] = sorted(canonical[key], key=canonical_json)
     return canonical
+
+
+def _identity_json(event: dict[str, Any]) -> str:
+    """``canonical_json(_identity(event))``, with each item of the sorted arrays serialised once.
+
+    The arrays are replaced by markers, the event serialised, and each marker's text swapped for
+    the sorted items' text; if a marker's text occurs anywhere else, the plain way is taken.
+    """
+    arrays = [key for key in _SORTED_ARRAYS if isinstance(event.get(key), list) and len(event[key]) > 1]
+    if not arrays:
+        return canonical_json(event)  # nothing to sort: one item or none is its own order
+    canonical = dict(event)
+    for key in arrays:
+        canonical[key] = _MARKERS[key]
+    text = canonical_json(canonical)
+    found = list(_ANY_MARKER.finditer(text))  # one pass; any other occurrence: the plain way
+    if sorted(m.group(1) for m in found) != sorted(arrays) or any(m.group(0) != _MARKER_TEXT[m.group(1)]
+                                                                    for m in found):
+        return canonical_json(_identity(event))
+    pieces, last = [], 0
+    for match in found:
+        items = event[match.group(1)]
+        pieces += [text[last:match.start()], "[" + ",".join(sorted(map(canonical_json, items))) + "]"]
+        last = match.end()
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+_TAP_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{3}|\d{6}))?Z")
+
+
+def event_time_text(event_type: str, event: dict[str, Any]) -> str | None:
+    """``format_rfc3339(event_time_of(...))`` (None when absent or invalid), the usual TAP form
+    (``2026-03-02T08:58:54.344Z``) rewritten as text: a third of the time of parse-then-format."""
+    value = event.get(EVENT_TIME_FIELD[event_type])
+    if isinstance(value, str):
+        match = _TAP_TIME.fullmatch(value)
+        if match:
+            whole, fraction = match.groups()
+            try:
+                datetime.fromisoformat(whole)  # the calendar check parse_timestamp makes
+            except ValueError:
+                return None
+            return f"{whole}.{fraction.ljust(6, '0')}Z" if fraction and int(fraction) else f"{whole}Z"
+    moment = event_time_of(event_type, event)
+    return format_rfc3339(moment) if moment is not None else None
 
 
 def event_time_of(event_type: str, event: dict[str, Any]) -> datetime | None:
@@ -449,6 +658,10 @@ class TapConnector:
         """Window after window from one cursor, while time, budget and data allow."""
         deps, instance, report = ctx.deps, ctx.instance, ctx.report
         settings = instance.settings
+        if until is not None and until.microsecond:
+            # The API reads whole seconds (queryEndTime has no fraction): a fractional end would never
+            # be reached, and its last window would be asked for until the rate budget ran out.
+            until = until.replace(microsecond=0) + timedelta(seconds=1)
         settle_lag = self._settle_lag(settings, deps)
         interval = parse_duration(settings["poll_interval"])
         cursor = deps.state.get_cursor(instance.name, stream)
@@ -516,14 +729,12 @@ class TapConnector:
         writer = deps.sinks.open_batch(batch)
         count = 0
         try:
-            collected = deps.clock()
+            builder = RecordBuilder(source=SOURCE, instance=instance.name, received_time=query_end,
+                                    collected_time=deps.clock())
             for event_type, event in body.events(endpoint.keys):
-                writer.add(build_record(
-                    record_id=derive_id(SOURCE, event_type, _identity(event)),
-                    source=SOURCE, instance=instance.name, event_type=event_type, raw=event,
-                    event_time=event_time_of(event_type, event), received_time=query_end,
-                    collected_time=collected,
-                ))
+                text = event_time_text(event_type, event)
+                writer.add(builder.build(derive_id_from_canonical(SOURCE, event_type, _identity_json(event)),
+                                         event_type, event, None, text))
                 count += 1
             stats = writer.commit()
         except BaseException:
