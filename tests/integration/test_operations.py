@@ -10,7 +10,6 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 
 from ppcollector.dispatch import LambdaDispatcher, dispatch_tick
 from ppcollector.runtime import aws_clients, build_deps, handle_poll_event
@@ -91,7 +90,6 @@ def test_one_tick_fans_out_500_instances_each_polled_once_and_a_failing_one_dela
         deployed_stack, aws_endpoint, sim, tmp_path):
     from ppsim.tap import TapSimulator
 
-    requests.post(f"{aws_endpoint}/moto-api/config", json={"lambda": {"use_docker": False}}, timeout=10)
     clients = aws_clients()
     env = {"STATE_TABLE": deployed_stack["StateTableName"], "RAW_BUCKET": deployed_stack["RawBucketName"],
            "EVENT_STREAM": deployed_stack["EventStreamName"], "SINKS": "s3",
