@@ -200,7 +200,8 @@ def test_frame_quirks_and_a_5_mb_frame_over_the_wire(make_sim):
                          for r in sink.records if r["event_type"] == "message"), 20)
     running.stop()
     sent = sim.stats()["events_sent"]
-    assert len(ids_of(sink, "message")) == sent["message"] and len(ids_of(sink, "maillog")) == sent["maillog"]
+    assert len(ids_of(sink, "message")) == sent["message"]
+    assert len(ids_of(sink, "maillog")) == sent.get("maillog", 0)  # maillog may not have sent yet
     assert len(set(ids_of(sink))) == len(ids_of(sink))
 
 
