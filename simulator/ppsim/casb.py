@@ -61,7 +61,7 @@ from urllib.parse import parse_qs
 
 from .casb_events import MINUTE_MS, CasbModel
 from .httpserver import HttpServer, Request, Response
-from .service import LoopbackService
+from .service import FaultQueue, LoopbackService
 
 AUTH_PATH = "/v1/auth"
 ALERTS_PATH = "/v1/alerts"
@@ -125,7 +125,7 @@ class _Fault:
         return spec
 
 
-class CasbSimulator(LoopbackService):
+class CasbSimulator(LoopbackService, FaultQueue):
     """A Proofpoint CASB (PCASB) API served on ``http://127.0.0.1:<port>``.
 
     Args:
@@ -144,6 +144,11 @@ class CasbSimulator(LoopbackService):
         port: TCP port on 127.0.0.1; 0 picks a free one.
         clock: epoch-seconds source (before the offset set with ``set_clock_offset``).
     """
+
+    @staticmethod
+    def _new_fault(spec: Mapping[str, Any]) -> _Fault:
+        return _parse_fault(spec)
+
 
     def __init__(
         self,
@@ -246,27 +251,6 @@ class CasbSimulator(LoopbackService):
             count = len(self._tokens)
             self._tokens.clear()
         return count
-
-    def add_fault(self, kind: str, count: int = 1, path: str | None = None, **params: Any) -> dict[str, Any]:
-        """Queue a fault for the next ``count`` matching API requests (see the module docstring)."""
-        fault = _parse_fault({"kind": kind, "count": count, "path": path, **params})
-        with self._lock:
-            self._faults.append(fault)
-        return fault.describe()
-
-    def add_faults(self, specs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        faults = [_parse_fault(spec) for spec in specs]  # validate all before queuing any
-        with self._lock:
-            self._faults.extend(faults)
-        return [f.describe() for f in faults]
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def pending_faults(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [f.describe() for f in self._faults]
 
     def reset(self) -> None:
         """Clear faults, statistics, quota usage, tokens and late alerts. The clock offset is kept."""

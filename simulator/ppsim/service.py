@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
 
@@ -45,3 +46,37 @@ class LoopbackService:
     @property
     def clock_offset(self) -> float:
         return self._clock_offset
+
+
+class FaultQueue:
+    """The FIFO of injected faults a simulator applies to its next matching requests. A subclass sets
+    ``_faults`` (a list), ``_lock``, and ``_new_fault(spec)`` (validates a spec, returns a fault with
+    ``describe()``); the fault kinds are the simulator's own (its module docstring)."""
+
+    _faults: list[Any]
+    _lock: threading.Lock
+
+    @staticmethod
+    def _new_fault(spec: Mapping[str, Any]) -> Any:
+        raise TypeError("a simulator with faults defines _new_fault")
+
+    def add_fault(self, kind: str, count: int = 1, path: str | None = None, **params: Any) -> dict[str, Any]:
+        """Queue a fault for the next ``count`` matching API requests."""
+        fault = self._new_fault({"kind": kind, "count": count, "path": path, **params})
+        with self._lock:
+            self._faults.append(fault)
+        return fault.describe()
+
+    def add_faults(self, specs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        faults = [self._new_fault(spec) for spec in specs]  # validate all before queuing any
+        with self._lock:
+            self._faults.extend(faults)
+        return [f.describe() for f in faults]
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [f.describe() for f in self._faults]

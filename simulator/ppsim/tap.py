@@ -47,7 +47,7 @@ from http import HTTPStatus
 from typing import Any
 
 from .httpserver import HttpServer, Request, Response
-from .service import LoopbackService
+from .service import FaultQueue, LoopbackService
 from .tap_events import (
     CLICKS_BLOCKED,
     CLICKS_PERMITTED,
@@ -156,7 +156,7 @@ class _Fault:
         return spec
 
 
-class TapSimulator(LoopbackService):
+class TapSimulator(LoopbackService, FaultQueue):
     """A Proofpoint TAP SIEM API served on ``http://127.0.0.1:<port>``.
 
     Args:
@@ -172,6 +172,11 @@ class TapSimulator(LoopbackService):
         clock: epoch-seconds source (before the offset set with ``set_clock_offset``).
         tenant: name used in the synthetic recipient domain and cluster name.
     """
+
+    @staticmethod
+    def _new_fault(spec: Mapping[str, Any]) -> _Fault:
+        return _parse_fault(spec)
+
 
     def __init__(
         self,
@@ -245,31 +250,6 @@ class TapSimulator(LoopbackService):
         return [(t, e) for t, e, _ in self.iter_events(start, end, endpoint, threat_status, threat_type)]
 
     # --- control ------------------------------------------------------------------------------------
-
-    def add_fault(self, kind: str, count: int = 1, path: str | None = None, **params: Any) -> dict[str, Any]:
-        """Queue a fault for the next ``count`` matching API requests; see the module docstring.
-
-        Kinds: ``status`` (``status=`` 500/502/503/429 or any 4xx/5xx), ``slow`` (``seconds=``),
-        ``truncate``, ``malformed``, ``reset``.
-        """
-        fault = _parse_fault({"kind": kind, "count": count, "path": path, **params})
-        with self._lock:
-            self._faults.append(fault)
-        return fault.describe()
-
-    def add_faults(self, specs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        faults = [_parse_fault(spec) for spec in specs]  # validate all before queuing any
-        with self._lock:
-            self._faults.extend(faults)
-        return [f.describe() for f in faults]
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def pending_faults(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [f.describe() for f in self._faults]
 
     def reset(self) -> None:
         """Clear faults, statistics and rate-pool usage. The clock offset is kept."""
