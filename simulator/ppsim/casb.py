@@ -61,7 +61,7 @@ from urllib.parse import parse_qs
 
 from .casb_events import MINUTE_MS, CasbModel
 from .httpserver import HttpServer, Request, Response
-from .service import FaultQueue, LoopbackService
+from .service import ControlEndpoints, iso_seconds
 
 AUTH_PATH = "/v1/auth"
 ALERTS_PATH = "/v1/alerts"
@@ -125,7 +125,7 @@ class _Fault:
         return spec
 
 
-class CasbSimulator(LoopbackService, FaultQueue):
+class CasbSimulator(ControlEndpoints):
     """A Proofpoint CASB (PCASB) API served on ``http://127.0.0.1:<port>``.
 
     Args:
@@ -293,7 +293,7 @@ class CasbSimulator(LoopbackService, FaultQueue):
                 "faults_applied": dict(self._faults_applied),
                 "faults_pending": [f.describe() for f in self._faults],
                 "clock_offset_seconds": self._clock_offset,
-                "now": _iso_s(now),
+                "now": iso_seconds(now),
                 "requests": list(self._requests),
             }
 
@@ -303,7 +303,7 @@ class CasbSimulator(LoopbackService, FaultQueue):
         if request.path.startswith("/_sim/"):
             return self._control(request)
         now = self.now()
-        record: dict[str, Any] = {"time": _iso_s(now), "epoch": round(now, 3), "method": request.method,
+        record: dict[str, Any] = {"time": iso_seconds(now), "epoch": round(now, 3), "method": request.method,
                                   "path": request.path, "query": request.query, "api_key": None,
                                   "client_id": None, "page": None, "status": None, "fault": None}
         try:
@@ -543,37 +543,9 @@ class CasbSimulator(LoopbackService, FaultQueue):
 
     # --- control endpoints --------------------------------------------------------------------------
 
-    def _control(self, request: Request) -> Response:
-        if not request.client_ip.startswith("127."):
-            return Response.json(403, {"error": "control endpoints are loopback-only"})
-        routes = {
-            ("GET", "/_sim/stats"): lambda r: Response.json(200, self.stats()),
-            ("GET", "/_sim/faults"): lambda r: Response.json(200, {"faults": self.pending_faults()}),
-            ("POST", "/_sim/faults"): self._ctl_faults,
-            ("POST", "/_sim/reset"): lambda r: (self.reset(), Response.json(200, {"reset": True}))[1],
-            ("POST", "/_sim/expire_tokens"): lambda r: Response.json(200, {"expired": self.expire_tokens()}),
-            ("POST", "/_sim/late_alerts"): self._ctl_late_alerts,
-            ("POST", "/_sim/clock"): self._ctl_clock,
-        }
-        action = routes.get((request.method, request.path))
-        if action is None:
-            allowed = sorted(method for method, path in routes if path == request.path)
-            if allowed:
-                return Response.json(405, {"error": "method not allowed"}, headers={"Allow": ", ".join(allowed)})
-            return Response.json(404, {"error": "unknown control endpoint"})
-        try:
-            return action(request)
-        except (ValueError, TypeError) as exc:
-            return Response.json(400, {"error": str(exc)})
-
-    def _ctl_faults(self, request: Request) -> Response:
-        payload = request.json()
-        if isinstance(payload, dict) and "faults" in payload:
-            payload = payload["faults"]
-        specs = payload if isinstance(payload, list) else [payload]
-        if not all(isinstance(s, dict) for s in specs):
-            raise ValueError('expected a fault object, a list of them, or {"faults": [...]}')
-        return Response.json(200, {"queued": self.add_faults(specs), "pending": self.pending_faults()})
+    def _extra_routes(self) -> dict[tuple[str, str], Any]:
+        return {("POST", "/_sim/expire_tokens"): lambda r: Response.json(200, {"expired": self.expire_tokens()}),
+                ("POST", "/_sim/late_alerts"): self._ctl_late_alerts}
 
     def _ctl_late_alerts(self, request: Request) -> Response:
         payload = request.json()
@@ -581,13 +553,6 @@ class CasbSimulator(LoopbackService, FaultQueue):
         if not isinstance(stamps, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in stamps):
             raise ValueError('expected {"timestamps": [epoch_ms, ...]}')
         return Response.json(200, {"inserted": [a["id"] for a in self.insert_alerts(stamps)]})
-
-    def _ctl_clock(self, request: Request) -> Response:
-        payload = request.json()
-        if not isinstance(payload, dict) or not isinstance(payload.get("offset_seconds"), int | float):
-            raise ValueError('expected {"offset_seconds": N}')
-        self.set_clock_offset(payload["offset_seconds"])
-        return Response.json(200, {"offset_seconds": self._clock_offset, "now": _iso_s(self.now())})
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -687,5 +652,3 @@ def _to_ms(value: datetime | str | int | float) -> int:
     return int(value)
 
 
-def _iso_s(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Self
+
+from .httpserver import Request, Response
 
 
 class LoopbackService:
@@ -80,3 +83,64 @@ class FaultQueue:
     def pending_faults(self) -> list[dict[str, Any]]:
         with self._lock:
             return [f.describe() for f in self._faults]
+
+
+def iso_seconds(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+class ControlEndpoints(LoopbackService, FaultQueue):
+    """The ``/_sim/*`` control API of the HTTP simulators (no auth, loopback only): stats, faults,
+    reset, clock. A subclass provides ``stats()`` and ``reset()`` and may add routes in ``_extra_routes``."""
+
+    def stats(self) -> dict[str, Any]:
+        raise TypeError("a simulator defines stats()")
+
+    def reset(self) -> None:
+        raise TypeError("a simulator defines reset()")
+
+    def _extra_routes(self) -> dict[tuple[str, str], Callable[[Request], Response]]:
+        return {}
+
+    def _control(self, request: Request) -> Response:
+        # The server binds to 127.0.0.1 only; the address check is a second line of defence.
+        if not request.client_ip.startswith("127."):
+            return Response.json(403, {"error": "control endpoints are loopback-only"})
+        routes = {
+            ("GET", "/_sim/stats"): lambda r: Response.json(200, self.stats()),
+            ("GET", "/_sim/faults"): lambda r: Response.json(200, {"faults": self.pending_faults()}),
+            ("POST", "/_sim/faults"): self._ctl_faults,
+            ("POST", "/_sim/reset"): self._ctl_reset,
+            ("POST", "/_sim/clock"): self._ctl_clock,
+            **self._extra_routes(),
+        }
+        action = routes.get((request.method, request.path))
+        if action is None:
+            allowed = sorted(method for method, path in routes if path == request.path)
+            if allowed:
+                return Response.json(405, {"error": "method not allowed"}, headers={"Allow": ", ".join(allowed)})
+            return Response.json(404, {"error": "unknown control endpoint"})
+        try:
+            return action(request)
+        except (ValueError, TypeError) as exc:
+            return Response.json(400, {"error": str(exc)})
+
+    def _ctl_faults(self, request: Request) -> Response:
+        payload = request.json()
+        if isinstance(payload, dict) and "faults" in payload:
+            payload = payload["faults"]
+        specs = payload if isinstance(payload, list) else [payload]
+        if not all(isinstance(s, dict) for s in specs):
+            raise ValueError('expected a fault object, a list of them, or {"faults": [...]}')
+        return Response.json(200, {"queued": self.add_faults(specs), "pending": self.pending_faults()})
+
+    def _ctl_reset(self, request: Request) -> Response:
+        self.reset()
+        return Response.json(200, {"reset": True})
+
+    def _ctl_clock(self, request: Request) -> Response:
+        payload = request.json()
+        if not isinstance(payload, dict) or not isinstance(payload.get("offset_seconds"), int | float):
+            raise ValueError('expected {"offset_seconds": N}')
+        self.set_clock_offset(payload["offset_seconds"])
+        return Response.json(200, {"offset_seconds": self.clock_offset, "now": iso_seconds(self.now())})

@@ -47,7 +47,7 @@ from http import HTTPStatus
 from typing import Any
 
 from .httpserver import HttpServer, Request, Response
-from .service import FaultQueue, LoopbackService
+from .service import ControlEndpoints, iso_seconds
 from .tap_events import (
     CLICKS_BLOCKED,
     CLICKS_PERMITTED,
@@ -156,7 +156,7 @@ class _Fault:
         return spec
 
 
-class TapSimulator(LoopbackService, FaultQueue):
+class TapSimulator(ControlEndpoints):
     """A Proofpoint TAP SIEM API served on ``http://127.0.0.1:<port>``.
 
     Args:
@@ -281,7 +281,7 @@ class TapSimulator(LoopbackService, FaultQueue):
                 "faults_applied": dict(self._faults_applied),
                 "faults_pending": [f.describe() for f in self._faults],
                 "clock_offset_seconds": self._clock_offset,
-                "now": _iso_s(now),
+                "now": iso_seconds(now),
                 "requests": list(self._requests),
             }
 
@@ -292,7 +292,7 @@ class TapSimulator(LoopbackService, FaultQueue):
             return self._control(request)
         now = self.now()
         record: dict[str, Any] = {
-            "time": _iso_s(now),
+            "time": iso_seconds(now),
             "epoch": round(now, 3),
             "method": request.method,
             "path": request.path,
@@ -467,55 +467,6 @@ class TapSimulator(LoopbackService, FaultQueue):
 
     # --- control endpoints --------------------------------------------------------------------------
 
-    def _control(self, request: Request) -> Response:
-        # The server binds to 127.0.0.1 only; the address check is a second line of defence.
-        if not request.client_ip.startswith("127."):
-            return Response.json(403, {"error": "control endpoints are loopback-only"})
-        routes = {
-            ("GET", "/_sim/stats"): self._ctl_stats,
-            ("GET", "/_sim/faults"): self._ctl_list_faults,
-            ("POST", "/_sim/faults"): self._ctl_faults,
-            ("POST", "/_sim/reset"): self._ctl_reset,
-            ("POST", "/_sim/clock"): self._ctl_clock,
-        }
-        action = routes.get((request.method, request.path))
-        if action is None:
-            allowed = sorted(method for method, path in routes if path == request.path)
-            if allowed:
-                return Response.json(405, {"error": "method not allowed"}, headers={"Allow": ", ".join(allowed)})
-            return Response.json(404, {"error": "unknown control endpoint"})
-        try:
-            return action(request)
-        except (ValueError, TypeError) as exc:
-            return Response.json(400, {"error": str(exc)})
-
-    def _ctl_stats(self, request: Request) -> Response:
-        return Response.json(200, self.stats())
-
-    def _ctl_list_faults(self, request: Request) -> Response:
-        return Response.json(200, {"faults": self.pending_faults()})
-
-    def _ctl_faults(self, request: Request) -> Response:
-        payload = request.json()
-        if isinstance(payload, dict) and "faults" in payload:
-            payload = payload["faults"]
-        specs = payload if isinstance(payload, list) else [payload]
-        if not all(isinstance(s, dict) for s in specs):
-            raise ValueError("expected a fault object, a list of them, or {\"faults\": [...]}")
-        return Response.json(200, {"queued": self.add_faults(specs), "pending": self.pending_faults()})
-
-    def _ctl_reset(self, request: Request) -> Response:
-        self.reset()
-        return Response.json(200, {"reset": True})
-
-    def _ctl_clock(self, request: Request) -> Response:
-        payload = request.json()
-        if not isinstance(payload, dict) or not isinstance(payload.get("offset_seconds"), int | float):
-            raise ValueError('expected {"offset_seconds": N}')
-        self.set_clock_offset(payload["offset_seconds"])
-        return Response.json(200, {"offset_seconds": self.clock_offset, "now": _iso_s(self.now())})
-
-
 # --- helpers ----------------------------------------------------------------------------------------
 
 
@@ -624,10 +575,6 @@ def _status_text(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return f"Error {status}"
-
-
-def _iso_s(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _window_bit(window: Window, bit: int) -> bool:
