@@ -13,20 +13,11 @@ from moto.server import ThreadedMotoServer
 
 from ppcollector import local_deploy
 from ppcollector.local_deploy import LocalDeployError, deploy, deploy_stack, endpoint_is_loopback, transform
+from tests.unit.test_template import STACK_OUTPUTS  # what ppctl reads, one list
 
 pytestmark = pytest.mark.integration
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
-STACK_OUTPUTS = {
-    "StateTableName",
-    "RawBucketName",
-    "EventStreamName",
-    "SinkMode",
-    "SecretPrefix",
-    "TapPollerFunctionName",
-    "TapPollerLogGroupName",
-    "SharedLayerArn",
-}
 
 
 def _free_loopback_port() -> int:

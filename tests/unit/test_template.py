@@ -25,6 +25,12 @@ STACK_OUTPUTS = {
     "SecretPrefix",
     "TapPollerFunctionName",
     "TapPollerLogGroupName",
+    "CasbPollerFunctionName",
+    "CasbPollerLogGroupName",
+    "PodImageRepositoryUri",
+    "PodClusterName",
+    "PodStreamerLogGroupName",
+    "AlarmTopicArn",
     "SharedLayerArn",
 }
 TAP_POLLER_ENVIRONMENT = {
