@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .draws import poisson
+
 MINUTE_MS = 60_000
 
 SEVERITIES = (("LOW", 0.35), ("MID", 0.35), ("HIGH", 0.22), ("CRITICAL", 0.08))
@@ -97,20 +99,6 @@ def _pick(rng: random.Random, weighted: tuple[tuple[Any, float], ...]) -> Any:
     return weighted[-1][0]
 
 
-def _poisson(rng: random.Random, mean: float) -> int:
-    # Knuth's method is fine for the small per-minute means used here; larger means use a normal.
-    if mean <= 0:
-        return 0
-    if mean > 30:
-        return max(0, round(rng.gauss(mean, mean**0.5)))
-    limit, k, p = pow(2.718281828459045, -mean), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= limit:
-            return k
-        k += 1
-
-
 class CasbModel:
     """Alerts and activity events of any time range; see the module docstring."""
 
@@ -157,7 +145,7 @@ class CasbModel:
 
     def _make_alerts(self, minute: int) -> tuple[dict[str, Any], ...]:
         rng = random.Random(f"ppsim-casb-alerts:{self.seed}:{minute}")
-        count = _poisson(rng, self.alerts_per_hour / 60.0)
+        count = poisson(rng, self.alerts_per_hour / 60.0)
         stamps = sorted(minute * MINUTE_MS + rng.randrange(MINUTE_MS) for _ in range(count))
         alerts = [self.make_alert(random.Random(rng.getrandbits(64)), ts) for ts in stamps]
         return tuple(sorted(alerts, key=lambda a: (a["timestamp"], a["id"])))
@@ -206,7 +194,7 @@ class CasbModel:
 
     def _make_events(self, minute: int) -> tuple[tuple[int, dict[str, Any]], ...]:
         rng = random.Random(f"ppsim-casb-events:{self.seed}:{minute}")
-        count = _poisson(rng, self.events_per_hour / 60.0)
+        count = poisson(rng, self.events_per_hour / 60.0)
         events = []
         for _ in range(count):
             ms = minute * MINUTE_MS + rng.randrange(MINUTE_MS)

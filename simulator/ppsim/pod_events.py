@@ -35,13 +35,14 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import math
 import random
 import re
 import time
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple
+
+from .draws import poisson
 
 MESSAGE = "message"
 MAILLOG = "maillog"
@@ -201,18 +202,6 @@ def encode_event(event: Mapping[str, Any]) -> str:
     return json.dumps(event, ensure_ascii=False, separators=FRAME_SEPARATORS)
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
-    if lam <= 0:
-        return 0
-    if lam > 30:  # normal approximation; Knuth's method is O(lambda) and underflows for large lambda
-        return max(0, int(rng.gauss(lam, math.sqrt(lam)) + 0.5))
-    limit, k, p = math.exp(-lam), 0, rng.random()
-    while p > limit:
-        k += 1
-        p *= rng.random()
-    return k
-
-
 def _pick(rng: random.Random, weighted: tuple[tuple[Any, float], ...]) -> Any:
     r = rng.random() * sum(w for _, w in weighted)
     for value, weight in weighted:
@@ -317,7 +306,7 @@ class PodEventModel:
         lam = self.rates[event_type] / 60.0
         drafts: list[tuple[int, int, int, int, int]] = []  # (offset_us, seed, tx_seed, line, lines)
         if event_type == MAILLOG:
-            for _ in range(_poisson(rng, lam / _MEAN_LINES)):
+            for _ in range(poisson(rng, lam / _MEAN_LINES)):
                 lines = 1 + _pick(rng, _RCPT_WEIGHTS)
                 offset = rng.randrange(US - _TX_SPAN_US)
                 tx_seed = rng.getrandbits(64)
@@ -326,7 +315,7 @@ class PodEventModel:
                         offset += rng.randint(300, _TX_SPAN_US // 4)
                     drafts.append((offset, rng.getrandbits(64), tx_seed, line, lines))
         else:
-            for _ in range(_poisson(rng, lam)):
+            for _ in range(poisson(rng, lam)):
                 seed = rng.getrandbits(64)
                 drafts.append((rng.randrange(US), seed, seed, 0, 1))
         drafts.sort()

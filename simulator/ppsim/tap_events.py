@@ -24,12 +24,13 @@ import bisect
 import functools
 import hashlib
 import json
-import math
 import random
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from .draws import poisson
 
 MESSAGES_DELIVERED = "messagesDelivered"
 MESSAGES_BLOCKED = "messagesBlocked"
@@ -61,6 +62,7 @@ _GEN_TYPES = tuple(_GEN_WEIGHTS)
 _GEN_CUMULATIVE = tuple(
     sum(_GEN_WEIGHTS[t] for t in _GEN_TYPES[: i + 1]) / sum(_GEN_WEIGHTS.values()) for i in range(len(_GEN_TYPES))
 )
+
 
 
 class SimEvent(NamedTuple):
@@ -291,16 +293,7 @@ class TapEventModel:
         return tuple(Slot(base + offset, t, n, s) for offset, t, n, s in drafts)
 
     def _draw_count(self, rng: random.Random) -> int:
-        lam = self._slots_per_minute
-        if lam <= 0:
-            return 0
-        if lam > 30:  # normal approximation; Knuth's method is O(lambda) and underflows for large lambda
-            return max(0, int(rng.gauss(lam, math.sqrt(lam)) + 0.5))
-        limit, k, p = math.exp(-lam), 0, rng.random()
-        while p > limit:
-            k += 1
-            p *= rng.random()
-        return k
+        return poisson(rng, self._slots_per_minute)
 
     # --- shared pieces ------------------------------------------------------------------------------
 
