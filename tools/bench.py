@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "tools"):
+for _path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "cli", ROOT / "tools"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT / "shared"), str(ROOT / "simulator"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    [str(ROOT / "shared"), str(ROOT / "simulator"), str(ROOT / "cli"),
+     os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 PASS, FAIL, PENDING, INFO = "PASS", "FAIL", "PENDING", "info"
 SMALL_HOUR, BIG_HOUR = 40_000, 200_000

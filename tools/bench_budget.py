@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "shared", ROOT / "simulator"):
+for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "cli"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

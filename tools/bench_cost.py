@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "tools"):
+for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "cli", ROOT / "tools"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

@@ -33,8 +33,8 @@ def vm_hwm_kb() -> int:
 
 
 def poll(timing_file: Path, argv: list[str]) -> int:
-    from ppcollector import cli
     from ppcollector.connectors import tap
+    from ppctl import main as cli
 
     first: list[float] = []
     fetch = tap.TapClient.fetch

@@ -2,7 +2,7 @@
 streamer pinned to one core (used by tools/bench.py).
 
 The simulator runs in the benchmark process, pinned to the other core; the streamer
-(``PodStreamer`` of pod_stream.py, the task's own loop) runs in a worker process pinned to one core,
+(``PodStreamer`` of connectors/pod/stream.py, the task's own loop) runs in a worker process pinned to one core,
 with in-memory state (tests/fakes.py) and the real S3 and Kinesis sinks over counting stub clients.
 Two runs per repetition:
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "tools"):
+for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "cli", ROOT / "tools"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -62,9 +62,9 @@ class _LightKinesis:
 def worker(url: str, seconds: float, warmup: float, flush_age: float, cpu: int) -> dict[str, Any]:
     """One streamer in this process, pinned to ``cpu``; returns what it wrote and when."""
     from ppcollector.connectors.pod import PodConnector
+    from ppcollector.connectors.pod.config import StreamerSettings
+    from ppcollector.connectors.pod.stream import PodStreamer
     from ppcollector.observability import logger
-    from ppcollector.pod_config import StreamerSettings
-    from ppcollector.pod_stream import PodStreamer
     from ppcollector.sinks import KinesisSink, S3Sink, SinkSet
     from ppcollector.state import Instance
     from ppcollector.timeutil import utcnow

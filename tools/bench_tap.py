@@ -204,7 +204,7 @@ class Stack:
         self.outputs = json.loads(self.ppctl("local", "deploy", "--param", f"SinkMode={sink_mode}", "--json").stdout)
 
     def ppctl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "ppcollector.cli", *args, "--stack", self.name],
+        result = subprocess.run([sys.executable, "-m", "ppctl", *args, "--stack", self.name],
                                 input=stdin, capture_output=True, text=True, env=self.env, cwd=ROOT, timeout=600)
         if result.returncode:
             raise RuntimeError(f"ppctl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")

@@ -39,7 +39,7 @@ def say(text: str) -> None:
 
 def ppctl(*args: str, stdin: str | None = None, quiet: bool = False) -> subprocess.CompletedProcess:
     print(f"$ ppctl {' '.join(args)}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "ppcollector.cli", *args, "--stack", STACK], input=stdin,
+    result = subprocess.run([sys.executable, "-m", "ppctl", *args, "--stack", STACK], input=stdin,
                             text=True, capture_output=True, cwd=ROOT, timeout=600)
     if not quiet or result.returncode:
         sys.stdout.write(result.stdout)

@@ -1,7 +1,7 @@
 """SAM-transform template.yaml offline and print (or write) the CloudFormation JSON.
 
 Why: cfn-lint >= 1.54 no longer runs the SAM transform itself, so `tools/template_checks.sh` lints
-this output instead. The transform lives in ppcollector.local_deploy (``ppctl local deploy`` uses
+this output instead. The transform lives in ppctl.local_deploy (``ppctl local deploy`` uses
 the same one); this is only its command line.
 
     python tools/sam_transform.py [template.yaml] [-o out.json] [--region us-east-1]
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "shared"))  # works from a fresh clone, installed or not
+sys.path[:0] = [str(REPO / "shared"), str(REPO / "cli")]  # works from a fresh clone, installed or not
 
-from ppcollector.local_deploy import DEFAULT_REGION, LocalDeployError, transform  # noqa: E402
+from ppctl.local_deploy import DEFAULT_REGION, LocalDeployError, transform  # noqa: E402
 
 
 def _key_value(text: str) -> tuple[str, str]:

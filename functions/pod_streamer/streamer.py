@@ -2,14 +2,14 @@
 
 Run as ``python functions/pod_streamer/streamer.py`` (tests) or ``python /app/streamer.py`` (image):
 the environment is the stack's (STATE_TABLE, RAW_BUCKET, EVENT_STREAM, SINKS, SECRET_PREFIX) plus the
-optional POD_* tuning variables (``ppcollector/pod_config.py``).
+optional POD_* tuning variables (``ppcollector/connectors/pod/config.py``).
 """
 
 import sys
 
+from ppcollector.connectors.pod.stream import main
 from ppcollector.errors import SettingsError
 from ppcollector.observability import logger
-from ppcollector.pod_stream import main
 
 if __name__ == "__main__":
     try:

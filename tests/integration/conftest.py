@@ -59,7 +59,7 @@ def aws_endpoint():
 def run_ppctl(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
               check: bool = True) -> subprocess.CompletedProcess:
     """ppctl as a user runs it: a separate process, the SDK configuration from the environment."""
-    result = subprocess.run([sys.executable, "-m", "ppcollector.cli", *args], input=stdin, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "ppctl", *args], input=stdin, capture_output=True,
                             text=True, env={**os.environ, **(env or {})}, cwd=ROOT, timeout=600)
     # Shown in the captured output (and scanned for secrets by tests/conftest.py).
     print(f"$ ppctl {' '.join(args)}\n{result.stdout}{result.stderr}")
@@ -70,7 +70,7 @@ def run_ppctl(*args: str, stdin: str | None = None, env: dict[str, str] | None =
 
 @pytest.fixture(scope="session")
 def deployed_stack(aws_endpoint):
-    from ppcollector import local_deploy
+    from ppctl import local_deploy
 
     name = "ppc-it"
     outputs = local_deploy.deploy(name, str(ROOT / "template.yaml"))

@@ -11,8 +11,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from ppcollector import local_deploy
-from ppcollector.local_deploy import LocalDeployError, deploy, deploy_stack, endpoint_is_loopback, transform
+from ppctl import local_deploy
+from ppctl.local_deploy import LocalDeployError, deploy, deploy_stack, endpoint_is_loopback, transform
 from tests.unit.test_template import STACK_OUTPUTS  # what ppctl reads, one list
 
 pytestmark = pytest.mark.integration

@@ -138,7 +138,7 @@ def test_instance_lifecycle_and_validation_messages(deployed_stack, sim):
 
 
 def test_secret_is_never_accepted_on_the_command_line(deployed_stack):
-    result = subprocess.run([sys.executable, "-m", "ppcollector.cli", "instance", "add", "tap", "x",
+    result = subprocess.run([sys.executable, "-m", "ppctl", "instance", "add", "tap", "x",
                              "--principal", "p", "--secret", "oops", "--stack", deployed_stack["name"]],
                             capture_output=True, text=True, env=os.environ.copy(), timeout=60)
     assert result.returncode == 2 and "unrecognized arguments" in result.stderr

@@ -22,6 +22,7 @@ from requests.structures import CaseInsensitiveDict
 from ppcollector.budget import credential_key
 from ppcollector.connectors import casb as casb_module
 from ppcollector.connectors.casb import AlertWindow, CasbConnector, clear_token_cache, read_alert_window, to_ms
+from ppcollector.connectors.casb import connector as casb_connector_module
 from ppcollector.errors import SettingsError, VendorAccessError, VendorAuthError
 from ppcollector.records import derive_id
 from ppcollector.runtime import handle_poll_event
@@ -180,7 +181,7 @@ def kill_at(monkeypatch, point: str, after: int = 0) -> list[str]:
         if name == point and reached.count(point) == after + 1:
             raise Killed(name)
 
-    monkeypatch.setattr(casb_module, "crashpoint", crashpoint)
+    monkeypatch.setattr(casb_connector_module, "crashpoint", crashpoint)
     return reached
 
 

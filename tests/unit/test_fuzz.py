@@ -10,7 +10,8 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ppcollector.connectors.casb import CasbConnector, _parse_object
+from ppcollector.connectors.casb import CasbConnector
+from ppcollector.connectors.casb.client import _parse_object
 from ppcollector.connectors.tap import TapConnector, WindowBody
 from ppcollector.errors import SettingsError, VendorTransientError
 from ppcollector.timeutil import TimestampError, parse_duration, parse_timestamp

@@ -1,4 +1,4 @@
-"""The PoD streamer (pod_stream.py) against the PoD simulator on 127.0.0.1, with in-memory state."""
+"""The PoD streamer (connectors/pod/stream.py) against the PoD simulator on 127.0.0.1, with in-memory state."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from ppcollector.connectors.pod import PodConnector
+from ppcollector.connectors.pod.client import Frame
+from ppcollector.connectors.pod.config import MIB, StreamerSettings
+from ppcollector.connectors.pod.dedup import DedupStore
+from ppcollector.connectors.pod.stream import Backoff, PodStreamer, Timing, TypeStream
 from ppcollector.errors import SettingsError, VendorAccessError, VendorAuthError
-from ppcollector.pod_client import Frame
-from ppcollector.pod_config import MIB, StreamerSettings
-from ppcollector.pod_dedup import DedupStore
-from ppcollector.pod_stream import Backoff, PodStreamer, Timing, TypeStream
 from ppcollector.state import Instance
 from ppcollector.timeutil import parse_timestamp, utcnow
 from ppsim.pod import MALFORMED_FRAME, PodSimulator

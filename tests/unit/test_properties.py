@@ -12,9 +12,9 @@ from ppcollector.connectors.tap import (
     MAX_LOOKBACK,
     MAX_WINDOW,
     MIN_WINDOW,
-    _identity,
     plan_window,
 )
+from ppcollector.connectors.tap.identity import _identity
 from ppcollector.records import derive_id
 from ppcollector.timeutil import format_rfc3339, parse_timestamp
 

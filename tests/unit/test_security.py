@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ppcollector.cli import build_parser
 from ppcollector.errors import SettingsError
 from ppcollector.http import check_endpoint, make_session
+from ppctl.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = [p for d in ("shared", "functions") for p in (ROOT / d).rglob("*.py")]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ppcollector.local_deploy import load_template, transform
+from ppctl.local_deploy import load_template, transform
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .errors import SettingsError
+from ...errors import SettingsError
 
 MIB = 1024 * 1024
 MAX_FLUSH_BYTES = 48 * MIB  # one batch must stay one S3 part (sinks.S3_PART_BYTES = 64 MiB)

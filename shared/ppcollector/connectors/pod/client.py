@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import websocket
 from websocket import ABNF
 
-from .connectors.pod import handshake_error
-from .errors import VendorTransientError
-from .http import USER_AGENT
+from ...errors import VendorTransientError
+from ...http import USER_AGENT
+from .handshake import handshake_error
 
 QUEUE_BYTES = 64 * 1024 * 1024  # frames waiting for the streamer; beyond this the reader pauses
 CLOSE_ABNORMAL = 1006  # no close frame: a drop (pod.md §1.5)

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from .kvstore import KeyValueStore
-from .timeutil import format_compact
+from ...kvstore import KeyValueStore
+from ...timeutil import format_compact
 
 BUCKET_SECONDS = 300
 RETENTION = timedelta(hours=26)  # covers a reconnect/archive overlap of hours (pod.md §1.3)

@@ -12,7 +12,7 @@ Where things happen (``TypeStream``):
   still set: SIGKILL, a lost lease), or when a live stream resumes more than ``RESUME_SAFE`` after
   the newest flushed event (the server's one-hour rule, seen in the data).
 - **frames → batch** (``_on_frame``): decode, skip empty, count malformed (never logged), drop ids
-  already written (``pod_dedup.py``) or already in the batch.
+  already written (``dedup.py``) or already in the batch.
 - **flush** (``_flush``): pending marker → sinks → dedup ids → checkpoint (clears the marker), in
   that order. A marker left by a crash is resolved at the next lease (``_recover_pending``): S3
   objects that exist count as written (and go to Kinesis again), missing ones come again through the
@@ -39,18 +39,21 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .connectors.pod import SOURCE, PodConnector, StreamConflict, event_time, is_fatal, record_id, stream_url
-from .crashpoints import AFTER_SINK_COMMIT, crashpoint
-from .errors import CursorConflict, LeaseHeld, SettingsError, VendorError, VersionConflict
-from .observability import COUNT, SECONDS, emit_metrics, logger
-from .pod_client import PodConnection
-from .pod_config import StreamerSettings
-from .pod_dedup import DedupStore
-from .records import OutRecord, build_record, canonical_json
-from .sinks import BatchInfo, KinesisSink, S3Sink, partition_prefix
-from .spine import Deps, PollReport, _transition, record_gap
-from .state import ACTIVE, DEGRADED, DISABLED, FAILED, PENDING, Cursor, Instance
-from .timeutil import format_compact, format_rfc3339, parse_timestamp
+from ...crashpoints import AFTER_SINK_COMMIT, crashpoint
+from ...errors import CursorConflict, LeaseHeld, SettingsError, VendorError, VersionConflict
+from ...observability import COUNT, SECONDS, emit_metrics, logger
+from ...records import OutRecord, build_record, canonical_json
+from ...sinks import BatchInfo, KinesisSink, S3Sink, partition_prefix
+from ...spine import Deps, PollReport, _transition, record_gap
+from ...state import ACTIVE, DEGRADED, DISABLED, FAILED, PENDING, Cursor, Instance
+from ...timeutil import format_compact, format_rfc3339, parse_timestamp
+from .client import PodConnection
+from .config import StreamerSettings
+from .connector import PodConnector
+from .dedup import DedupStore
+from .events import event_time, record_id
+from .handshake import StreamConflict, is_fatal
+from .settings import SOURCE, stream_url
 
 RESUME_SAFE = timedelta(minutes=50)  # the server resumes a drop of under an hour (pod.md §1.4): keep a margin
 ARCHIVE_MARGIN = timedelta(minutes=5)  # archive from a little before the newest ts (ordering is unconfirmed)
@@ -719,7 +722,7 @@ class TypeStream:
 
 
 def _dead_frame(silent: float) -> Any:
-    from .pod_client import CLOSE_ABNORMAL, Frame
+    from .client import CLOSE_ABNORMAL, Frame
 
     return Frame("error", code=CLOSE_ABNORMAL, detail=f"no frames or pongs for {silent:.0f}s")
 
@@ -845,9 +848,9 @@ def main(env: dict[str, str] | None = None, install_signals: bool = True,
     """The task's entry: parse the environment, build the dependencies, stream until SIGTERM/SIGINT."""
     import signal
 
-    from .config import RuntimeConfig
-    from .runtime import aws_clients, build_deps
-    from .secrets import SecretsManagerStore
+    from ...config import RuntimeConfig
+    from ...runtime import aws_clients, build_deps
+    from ...secrets import SecretsManagerStore
 
     config = RuntimeConfig.from_env(env)
     settings = StreamerSettings.from_env(env)

@@ -23,14 +23,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import RuntimeConfig
-from .connectors import CONNECTOR_NAMES, get_connector
-from .connectors.tap import THREAT_STATUSES
-from .errors import CollectorError, SettingsError, VendorAccessError, VendorAuthError, VendorError
-from .runtime import aws_clients, build_deps
-from .spine import FAILED, PENDING, Deps
-from .state import DISABLED, Instance, validate_name
-from .timeutil import TimestampError, format_rfc3339, parse_duration, parse_timestamp, utcnow
+from ppcollector.config import RuntimeConfig
+from ppcollector.connectors import CONNECTOR_NAMES, get_connector
+from ppcollector.connectors.tap import THREAT_STATUSES
+from ppcollector.errors import CollectorError, SettingsError, VendorAccessError, VendorAuthError, VendorError
+from ppcollector.runtime import aws_clients, build_deps
+from ppcollector.spine import FAILED, PENDING, Deps
+from ppcollector.state import DISABLED, Instance, validate_name
+from ppcollector.timeutil import TimestampError, format_rfc3339, parse_duration, parse_timestamp, utcnow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STACK = "proofpoint-collector"
@@ -519,7 +519,7 @@ def _function_output(tee: _Tee):
     """Like ``sam local invoke``: the function's logs and metrics on stderr, its response on stdout."""
     from contextlib import redirect_stdout
 
-    from .observability import logger
+    from ppcollector.observability import logger
 
     handler = logger.registered_handler
     previous = handler.setStream(tee)
@@ -571,7 +571,7 @@ def cmd_local_invoke(args: argparse.Namespace) -> int:
         raise CliError(f"cannot load {code_dir / module_name}.py")
     # The emulator cannot run functions, so a tick polls the due instances in-process (inline dispatch).
     with _environment({**env, "AWS_LAMBDA_FUNCTION_NAME": physical, "DISPATCH_MODE": "inline"}):
-        from . import runtime
+        from ppcollector import runtime
 
         runtime._DEPS = None  # the stack's environment, not a previous one
         module = importlib.util.module_from_spec(spec)

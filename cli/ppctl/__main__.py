@@ -1,0 +1,7 @@
+"""``python -m ppctl``."""
+
+import sys
+
+from ppctl.main import main
+
+sys.exit(main())

@@ -1,0 +1,239 @@
+"""The TAP connector: windows from each endpoint's cursor."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from ...budget import credential_key
+from ...crashpoints import AFTER_FETCH, AFTER_SINK_COMMIT, crashpoint
+from ...errors import SettingsError, VendorRequestError, VendorThrottled
+from ...http import check_endpoint
+from ...observability import logger
+from ...records import RecordBuilder, derive_id_from_canonical
+from ...secrets import Credentials
+from ...settings import duration_setting
+from ...sinks import BatchInfo
+from ...spine import Deps, PollContext, record_gap
+from ...state import Cursor, Instance
+from ...timeutil import format_compact, format_rfc3339, parse_duration, parse_timestamp
+from .body import WindowBody
+from .client import TapClient
+from .identity import _identity_json, event_time_text
+from .settings import (
+    DAILY_LIMIT,
+    DEFAULT_BASE_URL,
+    LOOKBACK_MARGIN,
+    MAX_LOOKBACK,
+    MIN_WINDOW,
+    SOURCE,
+    THREAT_STATUSES,
+    WINDOW_RESERVE_SECONDS,
+    Endpoint,
+    endpoints_for,
+    validate_event_types,
+    validate_threat_status,
+)
+from .window import WindowPlan, plan_window
+
+# --- the connector ----------------------------------------------------------------------------------
+
+class TapConnector:
+    name = "tap"
+    source = SOURCE
+    secret_fields = ("secret",)
+
+    def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        clean = dict(settings)
+        principal = str(clean.get("principal", "")).strip()
+        if not principal:
+            raise SettingsError("principal (the TAP service principal) is required")
+        clean["principal"] = principal
+        clean["event_types"] = validate_event_types(clean.get("event_types", "all"))
+        clean["threat_status"] = validate_threat_status(clean.get("threat_status", list(THREAT_STATUSES)))
+        clean["base_url"] = check_endpoint(str(clean.get("base_url", DEFAULT_BASE_URL)))
+        duration_setting(clean, "poll_interval", "5m", timedelta(minutes=1), timedelta(hours=24))
+        duration_setting(clean, "settle_lag", None, timedelta(0), timedelta(hours=1))
+        duration_setting(clean, "initial_lookback", "1h", MIN_WINDOW, MAX_LOOKBACK - LOOKBACK_MARGIN)
+        unknown = set(clean) - {"principal", "event_types", "threat_status", "base_url", "poll_interval",
+                                "settle_lag", "initial_lookback"}
+        if unknown:
+            raise SettingsError(f"unknown TAP setting(s): {', '.join(sorted(unknown))}")
+        self._check_budget(clean)
+        return clean
+
+    @staticmethod
+    def _check_budget(settings: dict[str, Any]) -> None:
+        """Refuse a steady state that alone would exceed a pool's 1800 requests per 24 h."""
+        per_day = timedelta(days=1) / parse_duration(settings["poll_interval"])
+        pools: dict[str, int] = {}
+        for endpoint in endpoints_for(settings["event_types"]):
+            pools[endpoint.pool] = pools.get(endpoint.pool, 0) + 1
+        for pool, count in pools.items():
+            need = int(per_day * count)
+            if need > DAILY_LIMIT * 0.9:
+                raise SettingsError(
+                    f"poll_interval={settings['poll_interval']} with these event_types needs {need} requests/day "
+                    f"from the {pool} pool; Proofpoint allows {DAILY_LIMIT} per 24 h (keep 10% for catch-up): "
+                    "poll less often or use event_types=all")
+
+    def test_call(self, instance: Instance, credentials: Credentials, deps: Deps) -> str:
+        settings = instance.settings
+        credentials.require("secret")
+        endpoint = endpoints_for(settings["event_types"])[0]
+        now = deps.clock()
+        # A minute wide and at least 5 minutes back: valid whatever the settle lag or a small clock skew.
+        end = (now - max(self._settle_lag(settings, deps), timedelta(minutes=5))).replace(microsecond=0)
+        grant = deps.budget.acquire(credential_key("tap", settings["principal"]), endpoint.pool, now)
+        if not grant.granted:
+            raise VendorThrottled(f"not sent: {grant.reason}", None)
+        client = TapClient(deps.http, settings["base_url"], settings["principal"], credentials["secret"])
+        body = client.fetch(endpoint, end - timedelta(seconds=60), end, settings["threat_status"], 60)
+        body.close()
+        return f"Proofpoint accepted the credentials (HTTP {body.status} from {endpoint.path})"
+
+    def start_backfill(self, deps: Deps, instance: Instance, since: datetime, until: datetime) -> list[str]:
+        """Queue a re-collection of [since, until]: a bounded cursor per endpoint, polled as catch-up."""
+        earliest = deps.clock() - MAX_LOOKBACK + LOOKBACK_MARGIN
+        if since < earliest:
+            raise SettingsError(f"TAP serves at most 7 days back: --since must be after {format_rfc3339(earliest)} "
+                                "(older events cannot be collected from the API)")
+        if until - since < MIN_WINDOW:
+            raise SettingsError("TAP windows are at least 30 s: widen the range")
+        streams = [e.stream for e in endpoints_for(instance.settings["event_types"])]
+        for stream in streams:
+            deps.state.set_cursor(instance.name, f"backfill-{stream}", format_rfc3339(since),
+                                  until=format_rfc3339(until), done=False)
+        return streams
+
+    def expected_lag(self, instance: Instance, deps: Deps) -> timedelta:
+        return self._settle_lag(instance.settings, deps)
+
+    def budget_pools(self, instance: Instance) -> list[tuple[str, str, int | None]]:
+        credential = credential_key("tap", instance.settings["principal"])
+        return [(credential, pool, None) for pool in sorted({e.pool for e in endpoints_for(
+            instance.settings["event_types"])})]
+
+    @staticmethod
+    def _settle_lag(settings: dict[str, Any], deps: Deps) -> timedelta:
+        raw = settings.get("settle_lag")
+        return parse_duration(raw) if raw is not None else deps.settle_lag_default
+
+    def poll(self, ctx: PollContext) -> None:
+        settings = ctx.instance.settings
+        ctx.credentials.require("secret")
+        client = TapClient(ctx.deps.http, settings["base_url"], settings["principal"], ctx.credentials["secret"],
+                           clock=ctx.deps.clock)
+        credential = credential_key("tap", settings["principal"])
+        for endpoint in endpoints_for(settings["event_types"]):
+            cursor = self._run(ctx, client, credential, endpoint, endpoint.stream)
+            ctx.report.oldest_cursor = min(filter(None, [ctx.report.oldest_cursor, cursor.moment]))
+            # An operator's backfill (ppctl backfill) runs after the live cursor, paced as catch-up.
+            backfill = ctx.deps.state.get_cursor(ctx.instance.name, f"backfill-{endpoint.stream}")
+            if backfill.moment and backfill.data.get("until") and not backfill.data.get("done"):
+                self._run(ctx, client, credential, endpoint, backfill.stream, parse_timestamp(backfill.data["until"]))
+
+    def _run(self, ctx: PollContext, client: TapClient, credential: str, endpoint: Endpoint, stream: str,
+             until: datetime | None = None) -> Cursor:
+        """Window after window from one cursor, while time, budget and data allow."""
+        deps, instance, report = ctx.deps, ctx.instance, ctx.report
+        settings = instance.settings
+        if until is not None and until.microsecond:
+            # The API reads whole seconds (queryEndTime has no fraction): a fractional end would never
+            # be reached, and its last window would be asked for until the rate budget ran out.
+            until = until.replace(microsecond=0) + timedelta(seconds=1)
+        settle_lag = self._settle_lag(settings, deps)
+        interval = parse_duration(settings["poll_interval"])
+        cursor = deps.state.get_cursor(instance.name, stream)
+        skew = timedelta(seconds=float(cursor.data.get("server_skew_seconds", 0)))
+        skew_retried = False
+        if cursor.moment is None:
+            start = (deps.clock() - parse_duration(settings["initial_lookback"])).replace(microsecond=0)
+            cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(start), initialised=True)
+        while True:
+            now = deps.clock() + skew  # the server's clock
+            plan = plan_window(cursor.moment, now, settle_lag, until)
+            if plan and plan.gap:
+                self._report_gap(ctx, stream, plan.gap)
+            if plan is None:
+                if until is not None and cursor.moment >= until - MIN_WINDOW:
+                    deps.state.advance_cursor(instance.name, cursor, cursor.position, done=True)
+                    logger.info("tap: backfill complete", extra={"stream": stream})
+                break  # caught up: less than 30 s is ready
+            if ctx.deadline.remaining() < WINDOW_RESERVE_SECONDS:
+                report.caught_up = False
+                break
+            catching_up = until is not None or now - settle_lag - plan.end >= interval
+            grant = deps.budget.acquire(credential, endpoint.pool, now, catch_up=catching_up)
+            if not grant.granted:
+                report.caught_up = False
+                if not catching_up:
+                    report.paused_reason = grant.reason
+                logger.warning(f"tap: window held back: {grant.reason}", extra={"stream": stream})
+                break
+            report.api_calls += 1
+            try:
+                body = client.fetch(endpoint, plan.start, plan.end, settings["threat_status"],
+                                    ctx.deadline.remaining() - 15)
+            except VendorRequestError:
+                # A 400 for a window outside the server's limits, with its clock known to differ from
+                # ours: plan again on the server's clock, once per poll.
+                if client.server_skew is not None and client.server_skew != skew and not skew_retried:
+                    logger.warning("tap: Proofpoint's clock differs from ours; re-planning the window", extra={
+                        "stream": stream, "server_skew_seconds": client.server_skew.total_seconds()})
+                    skew, skew_retried = client.server_skew, True
+                    continue
+                raise
+            except VendorThrottled as exc:
+                until_at = deps.budget.record_throttle(credential, endpoint.pool, deps.clock(), exc.retry_after)
+                raise VendorThrottled(f"{exc} - backing off until {format_rfc3339(until_at)}", exc.http_status,
+                                      exc.detail, exc.retry_after) from exc
+            deps.budget.record_success(credential, endpoint.pool)
+            if client.server_skew is not None:
+                skew = client.server_skew
+            try:
+                cursor = self._deliver(ctx, endpoint, stream, plan, body, cursor,
+                                       server_skew_seconds=skew.total_seconds())
+            finally:
+                body.close()
+        return cursor
+
+    def _deliver(self, ctx: PollContext, endpoint: Endpoint, stream: str, plan: WindowPlan, body: WindowBody,
+                 cursor: Cursor, **cursor_extra: Any) -> Cursor:
+        """pull -> write -> checkpoint, in that order: the cursor moves only after every sink acknowledged."""
+        deps, instance, report = ctx.deps, ctx.instance, ctx.report
+        crashpoint(AFTER_FETCH)
+        query_end = body.query_end_time(plan.start, plan.end)
+        batch = BatchInfo(SOURCE, instance.name, f"{stream}_{format_compact(plan.start)}_"
+                                                 f"{format_compact(plan.end)}")
+        writer = deps.sinks.open_batch(batch)
+        count = 0
+        try:
+            builder = RecordBuilder(source=SOURCE, instance=instance.name, received_time=query_end,
+                                    collected_time=deps.clock())
+            for event_type, event in body.events(endpoint.keys):
+                text = event_time_text(event_type, event)
+                writer.add(builder.build(derive_id_from_canonical(SOURCE, event_type, _identity_json(event)),
+                                         event_type, event, None, text))
+                count += 1
+            stats = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        crashpoint(AFTER_SINK_COMMIT)
+        cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(query_end), **cursor_extra)
+        count = stats.get("records", count)  # what reached the sinks (a repeated event counts once)
+        report.events += count
+        report.windows += 1
+        report.add_sink_stats(stats)
+        logger.info(f"tap: fetched {count} events", extra={
+            "stream": stream, "window_start": format_rfc3339(plan.start),
+            "window_end": format_rfc3339(plan.end), "query_end_time": format_rfc3339(query_end),
+            "http_status": body.status, "bytes": body.size, **stats})
+        return cursor
+
+    def _report_gap(self, ctx: PollContext, stream: str, gap: tuple[datetime, datetime]) -> None:
+        record_gap(ctx.deps, ctx.instance, ctx.report, {
+            "stream": stream, "start": format_rfc3339(gap[0]), "end": format_rfc3339(gap[1]),
+            "why": "TAP serves at most 7 days back; these events can no longer be collected",
+            "recorded_at": format_rfc3339(ctx.deps.clock())})

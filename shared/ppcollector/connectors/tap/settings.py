@@ -1,0 +1,84 @@
+"""TAP settings: endpoints, event types, threat statuses and the API's limits (docs/vendors/tap.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ...errors import SettingsError
+from ...settings import as_list
+
+DEFAULT_BASE_URL = "https://tap-api-v2.proofpoint.com"
+SOURCE = "proofpoint_tap"
+MIN_WINDOW = timedelta(seconds=30)  # the API's 400 "interval is too short" below this
+MAX_WINDOW = timedelta(hours=1)  # the API's maximum per request
+MAX_LOOKBACK = timedelta(days=7)  # the API refuses older start times
+LOOKBACK_MARGIN = timedelta(minutes=15)  # room for clock skew and the time a request takes
+WINDOW_RESERVE_SECONDS = 45.0  # don't start a window with less invocation time left than this
+DAILY_LIMIT = 1800
+
+EVENT_TYPES = ("messages-delivered", "messages-blocked", "clicks-permitted", "clicks-blocked")
+THREAT_STATUSES = ("active", "cleared", "false-positive")
+_THREAT_STATUS_PARAM = {"active": "active", "cleared": "cleared", "false-positive": "falsePositive"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    stream: str  # cursor name
+    path: str
+    keys: tuple[str, ...]  # arrays in the response body, = output event_type
+    pool: str  # rate pool: clicks/permitted has its own (tap.md §1.6)
+
+
+ENDPOINTS = {
+    "all": Endpoint("all", "/v2/siem/all",
+                    ("messagesDelivered", "messagesBlocked", "clicksPermitted", "clicksBlocked"), "other"),
+    "issues": Endpoint("issues", "/v2/siem/issues", ("messagesDelivered", "clicksPermitted"), "other"),
+    "messages-delivered": Endpoint("messages-delivered", "/v2/siem/messages/delivered",
+                                   ("messagesDelivered",), "other"),
+    "messages-blocked": Endpoint("messages-blocked", "/v2/siem/messages/blocked", ("messagesBlocked",), "other"),
+    "clicks-permitted": Endpoint("clicks-permitted", "/v2/siem/clicks/permitted",
+                                 ("clicksPermitted",), "clicks_permitted"),
+    "clicks-blocked": Endpoint("clicks-blocked", "/v2/siem/clicks/blocked", ("clicksBlocked",), "other"),
+}
+EVENT_TIME_FIELD = {"messagesDelivered": "messageTime", "messagesBlocked": "messageTime",
+                    "clicksPermitted": "clickTime", "clicksBlocked": "clickTime"}
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+def validate_event_types(value: Any) -> list[str]:
+    types = as_list(value)
+    if not types:
+        raise SettingsError("event_types must not be empty: use all, issues, or some of " + ", ".join(EVENT_TYPES))
+    if len(set(types)) != len(types):
+        raise SettingsError(f"event_types {value!r} repeats a value")
+    if "all" in types or "issues" in types:
+        if len(types) > 1:
+            special = "all" if "all" in types else "issues"
+            raise SettingsError(f"event_types '{special}' excludes every other value (got {', '.join(types)})")
+        return types
+    unknown = [t for t in types if t not in EVENT_TYPES]
+    if unknown:
+        raise SettingsError(f"unknown event type(s) {', '.join(unknown)}; use all, issues, or "
+                            + ", ".join(EVENT_TYPES))
+    return [t for t in EVENT_TYPES if t in types]
+
+
+def validate_threat_status(value: Any) -> list[str]:
+    statuses = as_list(value)
+    if not statuses:
+        raise SettingsError("threat_status must not be empty: use some of " + ", ".join(THREAT_STATUSES))
+    unknown = [s for s in statuses if s not in THREAT_STATUSES]
+    if unknown:
+        raise SettingsError(f"unknown threat status(es) {', '.join(unknown)}; use " + ", ".join(THREAT_STATUSES))
+    return [s for s in THREAT_STATUSES if s in statuses]
+
+
+def endpoints_for(event_types: list[str]) -> list[Endpoint]:
+    if event_types in (["all"], ["issues"]):
+        return [ENDPOINTS[event_types[0]]]
+    return [ENDPOINTS[t] for t in event_types]
+
+
