@@ -1,4 +1,4 @@
-"""``ppctl``: manage instances, check status, backfill, and run the stack locally (CONTRACT.md §3).
+"""``ppctl``: manage instances, check status, backfill, and run the stack locally (docs/CONTRACT.md §3).
 
 It talks to whatever the standard AWS SDK configuration points at, and finds the stack's resources
 from the stack's outputs (``--stack``, default from samconfig.toml). Secrets are read from a prompt

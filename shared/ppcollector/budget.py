@@ -1,6 +1,6 @@
 """Vendor rate budgets kept in the state table, shared by every instance using the same credential.
 
-TAP allows 1800 requests per rolling 24 h per pool (tap.md §1.6): ``clicks/permitted`` has its own
+TAP allows 1800 requests per rolling 24 h per pool (docs/vendors/tap.md §1.6): ``clicks/permitted`` has its own
 pool, every other SIEM endpoint shares the second. A request is only sent after ``acquire`` granted
 it, so the budget is never exceeded, even by overlapping invocations (conditional writes). Catch-up
 windows may not use the last ``reserve`` requests of a pool: those are kept for steady polling.

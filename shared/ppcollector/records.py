@@ -1,4 +1,4 @@
-"""The one place that formats an output record (CONTRACT.md §4) and derives its ``id``."""
+"""The one place that formats an output record (docs/CONTRACT.md §4) and derives its ``id``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sinks: S3 (gzip NDJSON archive) and Kinesis (live feed), one interface (CONTRACT.md §5).
+"""Sinks: S3 (gzip NDJSON archive) and Kinesis (live feed), one interface (docs/CONTRACT.md §5).
 
 A poll opens one *batch* per window (or PoD flush), adds records, then ``commit()``s. ``commit``
 returns only when every selected sink acknowledged everything; only then may the cursor advance.
@@ -249,7 +249,7 @@ class KinesisSink:
                 continue
             if not response.get("FailedRecordCount"):
                 return retried
-            # Results line up 1:1 with the request; failed entries carry ErrorCode (anchors.md §2.9).
+            # Results line up 1:1 with the request; failed entries carry ErrorCode (docs/vendors/aws.md §1).
             pending = [entry for entry, result in zip(pending, response["Records"], strict=True)
                        if result.get("ErrorCode")]
             retried += len(pending)

@@ -28,14 +28,14 @@ def parse_timestamp(value: object) -> datetime:
     if isinstance(value, bool):
         raise TimestampError(f"not a timestamp: {value!r}")
     if isinstance(value, int | float):
-        # CASB alerts carry epoch milliseconds (casb.md §2.5).
+        # CASB alerts carry epoch milliseconds (docs/vendors/casb.md §2.5).
         return datetime.fromtimestamp(value / 1000.0, tz=UTC)
     if not isinstance(value, str) or not value.strip():
         raise TimestampError(f"not a timestamp: {value!r}")
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
-    text = _OFFSET_NO_COLON.sub(r"\1\2:\3", text)  # PoD: -0700 -> -07:00 (pod.md §1.8)
+    text = _OFFSET_NO_COLON.sub(r"\1\2:\3", text)  # PoD: -0700 -> -07:00 (docs/vendors/pod.md §1.8)
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError as exc:

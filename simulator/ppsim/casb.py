@@ -1,23 +1,23 @@
 """Proofpoint CASB (legacy PCASB) API simulator over real HTTP on loopback.
 
-Behaviour follows the corroborated legacy contract of /work/shared/reference/casb.md §2 ("casb.md"
-below). One server plays both the "API FQDN" (auth + alerts) and the "events FQDN"; point both
-settings at the same base URL. Where the real behaviour is UNKNOWN (casb.md §8) the simulator picks
+Behaviour follows the corroborated legacy contract of docs/vendors/casb.md §2.
+One server plays both the "API FQDN" (auth + alerts) and the "events FQDN"; point both
+settings at the same base URL. Where the real behaviour is UNKNOWN (docs/vendors/casb.md §8) the simulator picks
 one documented choice:
 
 * ``POST /v1/auth`` (JSON ``client_id``/``client_secret`` + ``x-api-key``) returns ``{"auth_token"}``
   and nothing else (no expiry field is known). Tokens expire after ``token_ttl_seconds``; a data call
   with an unknown, expired or foreign token gets 401. Wrong client credentials get 403
-  ``{"message": ...}`` (casb.md §2.7); a missing or unknown API key gets 403 ``{"message":
+  ``{"message": ...}`` (docs/vendors/casb.md §2.7); a missing or unknown API key gets 403 ``{"message":
   "Forbidden"}``, as an API-gateway usage plan answers.
 * Data calls take the token raw in ``Authorization`` (no scheme) plus ``x-api-key``. The optional
   Data Security platform token endpoint (``POST /v2/apis/auth/oauth/token``, form-encoded
-  client_credentials, casb.md §3.1) issues tokens that are sent as ``Authorization: Bearer <token>``.
+  client_credentials, docs/vendors/casb.md §3.1) issues tokens that are sent as ``Authorization: Bearer <token>``.
 * ``POST /v1/alerts`` ``{"page": N, "time_range": {"from": ms, "to": ms}}`` serves 0-based pages of
   ``page_size`` alerts, newest first (timestamp, then id, descending), with ``from`` and ``to`` both
   INCLUSIVE on the alert ``timestamp``; ``from``/``to`` may be numbers or numeric strings. Without
   ``time_range`` the last 24 h are served. The list is computed at each request, so alerts that
-  appear between two page requests shift the pages (casb.md §6 #7): see ``insert_alerts`` and the
+  appear between two page requests shift the pages (docs/vendors/casb.md §6 #7): see ``insert_alerts`` and the
   ``late_alerts`` fault.
 * ``GET /v2/events?startTime=YYYY-MM-DDTHH:MM`` (UTC) or ``?nextPage=<token>`` serves up to
   ``events_page_size`` events in (timestamp, eventId) order after the position, as
@@ -25,13 +25,13 @@ one documented choice:
   (so it starts ``eyJ``); it is returned on every page, empty ones included, and stays valid forever.
   Without either parameter the last 24 h are served. Events become visible when the simulator clock
   passes their timestamp (plus ``index_delay_seconds``).
-* The daily cap (casb.md §2.7) is ``daily_limit`` calls per API key over a rolling 24 h of the
+* The daily cap (docs/vendors/casb.md §2.7) is ``daily_limit`` calls per API key over a rolling 24 h of the
   simulator clock, counting every call that carries a known API key (auth, alerts, events, 401s and
   403s included; injected 4xx faults and the 429s themselves excluded). Beyond it: 429
   ``{"message": "Limit Exceeded"}``, with ``Retry-After`` (seconds until a slot frees) only when
   ``quota_retry_after=True`` (no Retry-After is documented).
 * ``control_chars=True`` sends the tab and newlines of alert descriptions as raw control characters
-  inside the JSON strings, the invalid JSON the real API is known to emit (casb.md §2.5).
+  inside the JSON strings, the invalid JSON the real API is known to emit (docs/vendors/casb.md §2.5).
 * Request checks run in this order: control endpoints, unknown path 404, method 405, API key 403,
   daily cap 429, injected fault, token 401/403, body/parameters 400.
 * Faults are matched FIFO: the first queued spec whose ``path`` substring matches is used
@@ -238,7 +238,8 @@ class CasbSimulator(ControlEndpoints):
     # --- control ------------------------------------------------------------------------------------
 
     def insert_alerts(self, timestamps: Iterable[int]) -> list[dict[str, Any]]:
-        """Make alerts stamped ``timestamps`` (epoch ms) appear now: alerts indexed late (casb.md §6 #6-7)."""
+        """Make alerts stamped ``timestamps`` (epoch ms) appear now: alerts indexed late (docs/vendors/casb.md §6
+        #6-7)."""
         with self._lock:
             made = [self.model.make_alert(random.Random(self._late_rng.getrandbits(64)), int(ts))
                     for ts in timestamps]
@@ -603,7 +604,7 @@ def _peek_page(request: Request) -> int | None:
 
 
 def _ms_value(value: Any) -> int | None:
-    # Cribl sends from/to as strings (casb.md §2.4): accept both forms.
+    # Cribl sends from/to as strings (docs/vendors/casb.md §2.4): accept both forms.
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

@@ -4,7 +4,7 @@ Nothing is stored. Time is cut into epoch-minute buckets and each bucket's alert
 from a PRNG seeded with ``(seed, kind, minute)``, so any range can be served again and again with
 identical content and tests can ask for the ground truth of any range.
 
-Field sets follow casb.md §2.5 (v1 alerts: epoch-ms ``timestamp``, ``severity`` LOW/MID/HIGH/CRITICAL,
+Field sets follow docs/vendors/casb.md §2.5 (v1 alerts: epoch-ms ``timestamp``, ``severity`` LOW/MID/HIGH/CRITICAL,
 ``sub_type`` "Suspicious Login" / "Data Leakage" / "Suspicious Activity", ``related_events`` with
 ``event_classification`` and ``meta_data.extracted_fields`` as ``{"<num>": "<JSON array as string>"}``)
 and §2.6 (v2 events: ``flevent_<32 hex>`` ids, ISO-8601 ``timestamp`` with milliseconds and ``Z``,
@@ -85,7 +85,7 @@ _EVENT_ACTIONS = (
 
 
 def iso_ms(ms: int) -> str:
-    """``2020-06-29T18:31:01.867Z``: the v2 events timestamp form (casb.md §2.6)."""
+    """``2020-06-29T18:31:01.867Z``: the v2 events timestamp form (docs/vendors/casb.md §2.6)."""
     seconds, frac = divmod(ms, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:03d}Z"
 

@@ -1,9 +1,9 @@
 """Proofpoint on Demand (PoD) Log API simulator: a real websocket server on loopback.
 
-Behaviour follows /work/shared/reference/pod.md (§1 and §5; "pod.md" below). Where the real API's
+Behaviour follows docs/vendors/pod.md (§1 and §5). Where the real API's
 behaviour is UNCONFIRMED there, the simulator makes one documented choice:
 
-Endpoint and handshake (pod.md §1.1, §1.2, §1.6)
+Endpoint and handshake (docs/vendors/pod.md §1.1, §1.2, §1.6)
   ``GET /v1/stream?cid=<clusterId>&type=<message|maillog|audit>[&sinceTime=ISO][&toTime=ISO]`` with
   ``Authorization: Bearer <token>``. Checks run in this order, the first failure answers the
   handshake with a plain-text HTTP status and the connection is closed:
@@ -16,7 +16,7 @@ Endpoint and handshake (pod.md §1.1, §1.2, §1.6)
      -> 401 ``Error: Authentication failed.``;
   6. ``sinceTime`` older than 30 days -> 400;
   7. a queued ``handshake_status`` fault -> that status;
-  8. the session rule (pod.md §1.4): one session per token **and type**. A newcomer while a session
+  8. the session rule (docs/vendors/pod.md §1.4): one session per token **and type**. A newcomer while a session
      for the same token and type is open (or lingering, below) gets 409 with the body
      ``Exceeded maximum number of sessions per token\\r\\n``; the existing session is untouched. Live
      and archive sessions count alike. Other types on the same token are independent.
@@ -25,13 +25,13 @@ Endpoint and handshake (pod.md §1.1, §1.2, §1.6)
   without fractions). A naive time is read as UTC (the real server's reading is unconfirmed). A
   ``+`` that arrived as a space (an unencoded query) is put back.
 
-Lingering sessions (pod.md §1.4, duration unconfirmed)
+Lingering sessions (docs/vendors/pod.md §1.4, duration unconfirmed)
   A session that ended *abruptly* (dropped by the server, or the client's TCP vanished without a close
   frame) keeps its slot for ``linger_seconds`` (real, monotonic seconds; default 0): new sessions
   for that token and type get 409 meanwhile. A normal close (close frames exchanged) frees the slot
   at once.
 
-Live mode and the server-side position (pod.md §1.3, §1.4)
+Live mode and the server-side position (docs/vendors/pod.md §1.3, §1.4)
   The simulator keeps, per (token, type), the *delivered position*: the event time up to which it has
   sent events (every event with ``ts`` before the position went out in a frame that was fully
   written). On a live connect (no time parameters):
@@ -54,7 +54,7 @@ Live mode and the server-side position (pod.md §1.3, §1.4)
   sends a TCP RST, which can discard frames already counted. When the *client* ends the session,
   frames it had not read yet are lost to it, as with the real server (there are no acks).
 
-Archive mode (pod.md §1.3)
+Archive mode (docs/vendors/pod.md §1.3)
   Any ``sinceTime`` selects archive mode. ``sinceTime`` is rounded down and ``toTime`` up to whole
   (UTC) hours. Every event in ``[since, min(to, now - archive_lag_seconds)]`` is sent in ``ts`` order
   (as fast as possible, or ``archive_events_per_second``), then the server closes normally with 1000.
@@ -63,11 +63,11 @@ Archive mode (pod.md §1.3)
   A ``toTime`` in the future does not wait for the future either. Archive reads never move the live
   position. ``archive_lag_seconds`` (default 0) can mimic the real archive's >= 30 min staleness.
 
-Duplicates (pod.md §1.9)
+Duplicates (docs/vendors/pod.md §1.9)
   With probability ``duplicate_rate`` an event is sent twice in a row (same frame, same id). The
   choice is a deterministic function of the event, so the same event is duplicated on every read.
 
-Frame quirks (pod.md §1.7, all unconfirmed server-side)
+Frame quirks (docs/vendors/pod.md §1.7, all unconfirmed server-side)
   ``quirks`` maps a kind to a per-event-frame probability (drawn from a per-connection PRNG):
   ``trailing_newline`` (maillog frames end with ``\\n``), ``empty_frame`` (an empty text frame
   before the event), ``binary_frame`` (the event's JSON in a binary frame), ``malformed_frame``
@@ -125,7 +125,7 @@ TEXT_400 = "Error: Bad Request."
 TEXT_401 = "Error: Authentication failed."
 TEXT_404 = "Error: Not Found."
 TEXT_405 = "Error: Method Not Allowed."
-TEXT_409 = "Exceeded maximum number of sessions per token\r\n"  # verbatim (pod.md §1.4)
+TEXT_409 = "Exceeded maximum number of sessions per token\r\n"  # verbatim (docs/vendors/pod.md §1.4)
 TEXT_500 = "Error: Internal Server Error."
 CONTENT_TYPE = "text/plain;charset=iso-8859-1"
 

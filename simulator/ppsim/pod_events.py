@@ -14,7 +14,7 @@ transactions (a ``from=`` line and one ``to=`` line per recipient, sharing a que
 apart), so the mean number of lines per minute still matches the rate. The three types are drawn
 independently: queue ids look alike but do not correlate between ``message`` and ``maillog``.
 
-Shapes follow pod.md §1.8 and the sample frames (see the field lists in the builders below):
+Shapes follow docs/vendors/pod.md §1.8 and the sample frames (see the field lists in the builders below):
 
 * ``message`` keyed by ``guid`` (32 chars, base64url alphabet); ``maillog`` by ``id`` (22 chars,
   standard base64 alphabet, so ``/`` and ``+`` occur); ``audit`` by ``guid`` (a UUID).

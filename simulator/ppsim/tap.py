@@ -1,27 +1,27 @@
 """Proofpoint TAP SIEM API v2 simulator over real HTTP on loopback.
 
-Behaviour follows /work/shared/reference/tap.md (§0, §1, §5 of that file, "tap.md" below). Where the
+Behaviour follows docs/vendors/tap.md (§0, §1, §5). Where the
 real API's behaviour is UNCONFIRMED there, the simulator picks one documented choice:
 
 * Request checks run in this order: unknown path 404, method 405, auth 401/403, ``format``,
   time-selector and filter parameters 400, the four window limits 400, rate pool 429, then any
   injected fault.
-* ``format`` is required in practice: the real default is syslog (tap.md §1.4), which the simulator
+* ``format`` is required in practice: the real default is syslog (docs/vendors/tap.md §1.4), which the simulator
   does not serve, so a missing ``format`` gets the same 400 as ``format=syslog``.
 * Times must carry a UTC offset; naive times are rejected. Sub-second parts of the window bounds are
   truncated to whole seconds, both for selection and for ``queryEndTime``, so ``[a, b)`` and
   ``[b, c)`` partition the events even when a client chains un-rounded times.
-* ``sinceSeconds`` / ``sinceTime`` end at "now rounded to the nearest minute" (doc wording, tap.md
+* ``sinceSeconds`` / ``sinceTime`` end at "now rounded to the nearest minute" (doc wording, docs/vendors/tap.md
   §1.4). That end can lie up to 30 s ahead and is chosen by the server, so the future-end check only
   applies to client-supplied ``interval`` ends.
-* Rate pools (tap.md §1.6) are per principal and count accepted requests over a rolling 24 h of the
+* Rate pools (docs/vendors/tap.md §1.6) are per principal and count accepted requests over a rolling 24 h of the
   simulator clock. 400/401/403/404/405 and 429 responses never count. Injected faults count when
   the request "reached the API": ``status`` faults with a 5xx code, and ``slow``, ``truncate``,
   ``malformed`` and ``reset``; injected 4xx (including 429) do not.
 * Faults are matched in FIFO order: the first queued spec whose ``path`` substring matches is used.
   ``truncate`` keeps the normal chunked framing and stops after about half the body without the
   terminating chunk (the body is generated twice: once to measure it, once to send it).
-* Real responses vary in key order and in how they say "no events" (tap.md §1.7). Both are decided
+* Real responses vary in key order and in how they say "no events" (docs/vendors/tap.md §1.7). Both are decided
   per window by bits of a CRC of ``start/end`` (not plain minute parity, which would give the same
   answer for every hour-aligned window): ``queryEndTime`` comes first or last, and in
   ``empty_mode="alternate"`` an empty window is a 204 or a 200 with empty arrays.
@@ -61,7 +61,7 @@ from .tap_events import (
     TapEventModel,
 )
 
-# Verbatim server texts (tap.md §0, §1.6 and §1.7). Error bodies are plain text.
+# Verbatim server texts (docs/vendors/tap.md §0, §1.6 and §1.7). Error bodies are plain text.
 TEXT_400 = (
     "The request is missing a mandatory request parameter, a parameter contains data which is incorrectly "
     "formatted, or the API doesn't have enough information to determine the identity of the customer."
@@ -93,7 +93,7 @@ POOL_WINDOW_S = 86400
 POOL_CLICKS_PERMITTED = "clicks_permitted"
 POOL_OTHER = "other"
 
-# path -> (response keys, rate pool). /all and /issues draw from the "other" pool (tap.md §1.6).
+# path -> (response keys, rate pool). /all and /issues draw from the "other" pool (docs/vendors/tap.md §1.6).
 ENDPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "/v2/siem/all": (EVENT_TYPES, POOL_OTHER),
     "/v2/siem/issues": ((CLICKS_PERMITTED, MESSAGES_DELIVERED), POOL_OTHER),
@@ -103,7 +103,7 @@ ENDPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
     "/v2/siem/clicks/blocked": ((CLICKS_BLOCKED,), POOL_OTHER),
 }
 
-# "If empty, active and cleared threats are returned" (tap.md §1.4): falsePositive must be asked for.
+# "If empty, active and cleared threats are returned" (docs/vendors/tap.md §1.4): falsePositive must be asked for.
 DEFAULT_THREAT_STATUSES = frozenset({"active", "cleared"})
 EMPTY_MODES = ("204", "200", "alternate")
 FAULT_KINDS = ("status", "slow", "truncate", "malformed", "reset")
@@ -165,7 +165,7 @@ class TapSimulator(ControlEndpoints):
         events_per_hour: mean events per hour, all four types together.
         no_siem_access: principals with valid credentials that get 403.
         empty_mode: how a window with no events is answered: ``"204"``, ``"200"`` (empty arrays plus
-            ``queryEndTime``) or ``"alternate"`` (deterministic per window); both occur (tap.md §1.7).
+            ``queryEndTime``) or ``"alternate"`` (deterministic per window); both occur (docs/vendors/tap.md §1.7).
         rate_limit_per_day: accepted requests per principal and pool over a rolling 24 h.
         padding_bytes: approximate extra bytes of realistic filler per event (benchmarks).
         port: TCP port on 127.0.0.1; 0 picks a free one.
@@ -318,7 +318,7 @@ class TapSimulator(ControlEndpoints):
         endpoint = ENDPOINTS.get(request.path)
         if endpoint is None:
             raise ApiError(404, "Not Found")
-        if request.method != "GET":  # "Each request must use ... the HTTP GET method" (tap.md §1.1)
+        if request.method != "GET":  # "Each request must use ... the HTTP GET method" (docs/vendors/tap.md §1.1)
             raise ApiError(405, "Method Not Allowed")
         keys, pool = endpoint
         principal = self._authenticate(request)
@@ -350,7 +350,7 @@ class TapSimulator(ControlEndpoints):
         fmt = query.get("format", [])
         if len(fmt) > 1:
             raise ApiError(400, TEXT_400)
-        # Both "json" and "JSON" are used in the wild (tap.md §1.4).
+        # Both "json" and "JSON" are used in the wild (docs/vendors/tap.md §1.4).
         if not fmt or fmt[0].lower() != "json":
             if not fmt or fmt[0].lower() == "syslog":
                 raise ApiError(400, TEXT_FORMAT)
@@ -360,7 +360,7 @@ class TapSimulator(ControlEndpoints):
         if len(selectors) != 1 or len(selectors[0][1]) != 1:
             raise ApiError(400, TEXT_400)
         name, (value,) = selectors[0]
-        now_minute = int(now // 60 + (1 if now % 60 >= 30 else 0)) * 60  # nearest minute (tap.md §1.4)
+        now_minute = int(now // 60 + (1 if now % 60 >= 30 else 0)) * 60  # nearest minute (docs/vendors/tap.md §1.4)
         if name == "interval":
             window, from_server_clock = _parse_interval(value), False
         elif name == "sinceSeconds":
@@ -376,7 +376,7 @@ class TapSimulator(ControlEndpoints):
 
     @staticmethod
     def _check_limits(window: Window, now: float, check_future: bool) -> None:
-        # Order and texts as the real service reports them (tap.md §0, §1.6).
+        # Order and texts as the real service reports them (docs/vendors/tap.md §0, §1.6).
         length = window.end_s - window.start_s
         if length < MIN_WINDOW_S:
             raise ApiError(400, TEXT_TOO_SHORT)
@@ -410,7 +410,7 @@ class TapSimulator(ControlEndpoints):
             return fault
 
     def _respond(self, window: Window, keys: tuple[str, ...], flt: EventFilter, fault: _Fault | None) -> Response:
-        qet_first = _window_bit(window, 1)  # real key order varies (tap.md §1.7)
+        qet_first = _window_bit(window, 1)  # real key order varies (docs/vendors/tap.md §1.7)
         if fault is not None:
             if fault.kind == "status":
                 return Response.text(fault.status, _status_text(fault.status))
@@ -492,7 +492,7 @@ def _parse_fault(spec: Mapping[str, Any]) -> _Fault:
 def _multi_param(query: dict[str, list[str]], name: str, allowed: tuple[str, ...]) -> frozenset[str]:
     """Values of a repeatable, comma-separable enum parameter; empty means "not given".
 
-    The server's multi-value encoding is UNCONFIRMED (tap.md §6), so both forms are accepted. Values
+    The server's multi-value encoding is UNCONFIRMED (docs/vendors/tap.md §6), so both forms are accepted. Values
     are matched case-insensitively, like ``format``.
     """
     canonical = {v.lower(): v for v in allowed}
@@ -538,7 +538,7 @@ def _parse_time_s(text: str) -> int:
 
 
 def _parse_interval(text: str) -> Window:
-    """``START/END``, ``DURATION/END`` or ``START/DURATION`` (tap.md §1.4)."""
+    """``START/END``, ``DURATION/END`` or ``START/DURATION`` (docs/vendors/tap.md §1.4)."""
     first, sep, second = text.partition("/")
     if not sep or "/" in second:
         raise ApiError(400, TEXT_400)

@@ -10,7 +10,7 @@ Generation has two levels so that a response listing one event type never pays f
   from the minute's PRNG and are cheap;
 * the event bodies of a slot come from the slot's own PRNG and are only built when asked for.
 
-Field sets and value shapes follow tap.md §1.8 and §1.9 (real data, not the doc example):
+Field sets and value shapes follow docs/vendors/tap.md §1.8 and §1.9 (real data, not the doc example):
 lowercase ``classification`` and ``threatType``, boolean ``completelyRewritten``, array
 ``fromAddress``, ``impostorScore`` as a float, ``cluster`` (not ``clusterId``), ``threatUrl`` in
 ``threatsInfoMap`` but ``threatURL`` and ``campaignId`` in clicks, many nulls. All names, domains
@@ -45,12 +45,12 @@ THREAT_TYPES = ("url", "attachment", "messageText")
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 
-# Share of *events* per type. tap.md has no real-world figures; these are plausible.
+# Share of *events* per type. docs/vendors/tap.md has no real-world figures; these are plausible.
 EVENT_SHARES = {MESSAGES_DELIVERED: 0.40, MESSAGES_BLOCKED: 0.25, CLICKS_PERMITTED: 0.20, CLICKS_BLOCKED: 0.15}
-# One event per SMTP recipient with a shared GUID (tap.md §1.8 GUID row, elastic/integrations#9966).
+# One event per SMTP recipient with a shared GUID (docs/vendors/tap.md §1.8 GUID row, elastic/integrations#9966).
 MULTI_RECIPIENT_RATE = 0.20
 MULTI_RECIPIENT_RANGE = (2, 4)
-# Events created by a later condemnation of an old message or click (tap.md §1.5).
+# Events created by a later condemnation of an old message or click (docs/vendors/tap.md §1.5).
 RETROACTIVE_RATE = 0.10
 RETROACTIVE_MAX_AGE_MS = 30 * DAY_MS
 
@@ -66,7 +66,7 @@ _GEN_CUMULATIVE = tuple(
 
 
 class SimEvent(NamedTuple):
-    created_ms: int  # creation time: what the API selects windows on (tap.md §1.5)
+    created_ms: int  # creation time: what the API selects windows on (docs/vendors/tap.md §1.5)
     event_type: str
     event: dict[str, Any]
 
@@ -172,7 +172,7 @@ _DOC_NETS = ("192.0.2.", "198.51.100.", "203.0.113.")  # RFC 5737: never routabl
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _HEX = "0123456789abcdef"
 _PAD_SALT = 0x5EED_F111E7
-# Real responses space keys as "key" : value (tap.md §1.7); tap.py serialises events with these.
+# Real responses space keys as "key" : value (docs/vendors/tap.md §1.7); tap.py serialises events with these.
 RESPONSE_SEPARATORS = (", ", " : ")
 
 
@@ -205,7 +205,7 @@ def _uuid(rng: random.Random) -> str:
 
 
 def _guid(rng: random.Random) -> str:
-    # Real GUIDs are opaque base64-like strings, not UUIDs (tap.md §1.9).
+    # Real GUIDs are opaque base64-like strings, not UUIDs (docs/vendors/tap.md §1.9).
     return base64.urlsafe_b64encode(rng.getrandbits(168).to_bytes(21, "big")).decode("ascii")
 
 
@@ -328,7 +328,7 @@ class TapEventModel:
 
     @staticmethod
     def _campaign(rng: random.Random) -> str | None:
-        # "Often null" (tap.md §1.8): campaigns are linked late, if ever.
+        # "Often null" (docs/vendors/tap.md §1.8): campaigns are linked late, if ever.
         return _uuid(rng) if rng.random() < 0.3 else None
 
     def _subject(self, rng: random.Random) -> str | None:
@@ -355,7 +355,7 @@ class TapEventModel:
             if person not in recipients:
                 recipients.append(person)
 
-        # Sparse retroactive delivered records: most fields null, as in the elastic sample (tap.md §1.9).
+        # Sparse retroactive delivered records: most fields null, as in the elastic sample (docs/vendors/tap.md §1.9).
         if retro and not blocked and rng.random() < 0.5:
             threats = [
                 self._threat(rng, "url", retro=True, first=True, message_ms=message_ms, created=created, slot=slot)
@@ -406,12 +406,12 @@ class TapEventModel:
             "ccAddresses": cc,
             "xmailer": rng.choice(_XMAILERS) if rng.random() < 0.6 else None,
             "cluster": self.cluster,
-            # Real data has a JSON boolean here, not the doc's "true"/"false"/"na" (tap.md §1.9).
+            # Real data has a JSON boolean here, not the doc's "true"/"false"/"na" (docs/vendors/tap.md §1.9).
             "completelyRewritten": (rng.random() < 0.9) if has_url else True,
             "spamScore": rng.randint(80, 100) if "spam" in classes else rng.randint(0, 30),
             "phishScore": rng.randint(70, 100) if "phish" in classes else rng.randint(0, 20),
             "malwareScore": 100 if "malware" in classes else rng.choice((0, 0, 0, 10, 42)),
-            # Float even when zero (0.0), which trips parsers that expect int (tap.md §1.8).
+            # Float even when zero (0.0), which trips parsers that expect int (docs/vendors/tap.md §1.8).
             "impostorScore": float(rng.randint(70, 100)) if "impostor" in classes else 0.0,
             "modulesRun": modules,
             "policyRoutes": ["default_inbound"] + (["executives"] if rng.random() < 0.1 else []),
@@ -505,7 +505,7 @@ class TapEventModel:
             "oContentType": declared,
             "disposition": "attached",
             "filename": name.format(n=rng.randint(1000, 99999)),
-            # md5 can be an empty string in real data (tap.md §1.8, Rapid7 PR #2277).
+            # md5 can be an empty string in real data (docs/vendors/tap.md §1.8, Rapid7 PR #2277).
             "md5": "" if rng.random() < 0.05 else f"{rng.getrandbits(128):032x}",
             "sha256": sha256,
             "sandboxStatus": verdict if rng.random() < 0.9 else None,
@@ -562,7 +562,7 @@ class TapEventModel:
             "threatID": threat_id,
             "threatStatus": _pick(rng, _STATUS_WEIGHTS),
             "threatTime": iso_ms(threat_ms),
-            # Capital "URL" and "campaignId" in click events, unlike threatsInfoMap (tap.md §1.8).
+            # Capital "URL" and "campaignId" in click events, unlike threatsInfoMap (docs/vendors/tap.md §1.8).
             "threatURL": self._threat_url(threat_id),
             "campaignId": self._campaign(rng),
             "sender": self._envelope_sender(rng, from_addr),

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_test_named_in_the_reliability_doc_exists():
-    doc = (ROOT / "docs" / "RELIABILITY.md").read_text()
+    doc = (ROOT / "docs/RELIABILITY.md").read_text()
     named = set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", doc))
     assert len(named) >= 25
     missing = []

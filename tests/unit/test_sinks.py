@@ -1,4 +1,5 @@
-"""Sinks as the contract (§5) describes them, with stub AWS clients (the emulator cannot inject faults)."""
+"""Sinks as the contract (docs/CONTRACT.md §5) describes them, with stub AWS clients (the emulator cannot inject
+faults)."""
 
 from __future__ import annotations
 

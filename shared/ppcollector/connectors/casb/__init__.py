@@ -1,6 +1,6 @@
-"""Proofpoint CASB connector: the legacy PCASB API, alerts and activity events (casb.md §2, §7).
+"""Proofpoint CASB connector: the legacy PCASB API, alerts and activity events (docs/vendors/casb.md §2, §7).
 
-No public spec exists (casb.md §0), so every path, header and paging key is a per-instance setting
+No public spec exists (docs/vendors/casb.md §0), so every path, header and paging key is a per-instance setting
 whose default is today's corroborated value (``SETTINGS`` below).
 
 - Auth (§2.2-2.3): ``legacy`` posts JSON client_id/client_secret with the API key header and sends
@@ -22,7 +22,7 @@ whose default is today's corroborated value (``SETTINGS`` below).
   events stamped ``<= until`` and ends where a page passes ``until`` or the chain reaches its tail.
   Records keep the live ids (``derive_id`` on the vendor id); batch names carry the stream name.
 
-Retries rewrite the same objects (CONTRACT.md §5). An S3 key is the batch name plus the partition of
+Retries rewrite the same objects (docs/CONTRACT.md §5). An S3 key is the batch name plus the partition of
 each record's ``received_time`` (sinks.py), so both must be the same when a window or page is written
 again after a failure between the sink write and the cursor write (a crash, a sink or state-table
 error, a lost conditional write). Neither can be recomputed: an alerts window ends at ``now - settle

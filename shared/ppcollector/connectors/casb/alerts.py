@@ -120,7 +120,7 @@ def read_alert_window(fetch: Callable[[int], Page], window: AlertWindow, items_k
                       max_pages: int) -> WindowRead:
     """Read one window, newest first, page by page; nothing is written here.
 
-    The rule (casb.md §6 #7: page numbers over a live, newest-first list):
+    The rule (docs/vendors/casb.md §6 #7: page numbers over a live, newest-first list):
 
     1. A *pass* reads pages 0, 1, ... until a short page (fewer than ``page_size`` alerts). Alerts are
        de-duplicated by ``id`` over the whole window.

@@ -28,7 +28,7 @@ class _CachedToken:
     expires_at: datetime | None  # None: unknown lifetime (legacy), reused until a 401
 
 
-# Survives warm Lambda invocations: re-authenticating every poll burns the daily quota (casb.md §6 #2).
+# Survives warm Lambda invocations: re-authenticating every poll burns the daily quota (docs/vendors/casb.md §6 #2).
 _TOKENS: dict[tuple[str, str], _CachedToken] = {}
 
 
@@ -88,7 +88,7 @@ class CasbClient:
             body = self._check_auth_response(response, path)
             field_name = self.settings["token_field"]
             token = body.get(field_name)
-            expires_at = None  # lifetime unknown (casb.md §2.3): reuse until a 401
+            expires_at = None  # lifetime unknown (docs/vendors/casb.md §2.3): reuse until a 401
         if not isinstance(token, str) or not token:
             raise VendorTransientError(f"malformed auth response: no {field_name} in the answer from {path}")
         _TOKENS[self._cache_key] = _CachedToken(token, self._fingerprint, expires_at)
@@ -185,7 +185,7 @@ class CasbClient:
 
 
 def _detail(response: requests.Response) -> str:
-    """The error text: the JSON ``message``/``error`` key (casb.md §2.7), else the start of the body."""
+    """The error text: the JSON ``message``/``error`` key (docs/vendors/casb.md §2.7), else the start of the body."""
     raw = response.content[:2048].decode("utf-8", "replace")
     try:
         body = json.loads(raw, strict=False)
@@ -200,7 +200,7 @@ def _detail(response: requests.Response) -> str:
 
 
 def _parse_object(response: requests.Response, path: str) -> dict[str, Any]:
-    """Lenient JSON: raw control characters inside strings are accepted (casb.md §2.5, §6 #9).
+    """Lenient JSON: raw control characters inside strings are accepted (docs/vendors/casb.md §2.5, §6 #9).
 
     Anything that still fails raises (the page is retried, never skipped); the message carries the
     parser's position, never the content.

@@ -146,7 +146,7 @@ class CasbConnector:
 
         Refused (SettingsError, with the reason) when a feed is not enabled on the instance, the range
         is empty or reaches into the future, or ``since`` is more than ``MAX_LOOKBACK`` (7 days) back:
-        how long the API keeps alerts and events is not documented (casb.md §8), so the connector does
+        how long the API keeps alerts and events is not documented (docs/vendors/casb.md §8), so the connector does
         not promise more than its own initial_lookback limit. A new backfill replaces a running one.
         """
         enabled = list(instance.settings.get("feeds") or ())
@@ -170,8 +170,8 @@ class CasbConnector:
             raise SettingsError(
                 f"CASB backfills reach at most {MAX_LOOKBACK.days} days back: --since must be at or after "
                 f"{format_rfc3339(earliest)}. How long Proofpoint keeps CASB alerts and events is not documented "
-                f"(casb.md §8), so the collector asks for no older data than its {MAX_LOOKBACK.days}-day lookback "
-                "limit (the initial_lookback maximum)")
+                f"(docs/vendors/casb.md §8), so the collector asks for no older data than its "
+                f"{MAX_LOOKBACK.days}-day lookback limit (the initial_lookback maximum)")
         common = {"since": format_rfc3339(since), "until": format_rfc3339(until), "done": False,
                   "requested_at": format_rfc3339(now)}
         # set_cursor keeps what a previous backfill left in the item: reset every reading field.
@@ -422,7 +422,7 @@ class CasbConnector:
             if token:
                 params = {settings["events_page_param"]: token}
             else:
-                # First call: startTime is whole minutes, UTC, no zone designator (casb.md §2.6).
+                # First call: startTime is whole minutes, UTC, no zone designator (docs/vendors/casb.md §2.6).
                 params = {settings["events_start_param"]: cursor.moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")}
             try:
                 self._call_allowed(ctx)
@@ -435,7 +435,7 @@ class CasbConnector:
             except VendorRequestError as exc:
                 if not token or token_refused:
                     raise
-                # How long a token stays valid is unknown (casb.md §8 #5): restart once from the newest
+                # How long a token stays valid is unknown (docs/vendors/casb.md §8 #5): restart once from the newest
                 # event's minute; the overlap is dropped by eventId.
                 token_refused = True
                 logger.warning(f"casb: the events page token was refused ({exc}); restarting from startTime",
@@ -517,7 +517,7 @@ class CasbConnector:
             # the collected data reaches: the newest event seen, or the page time once a page is empty.
             newest = max((t for t in map(_event_time, items) if t), default=cursor.moment)
             position = max(cursor.moment, newest if items else page.fetched_at)
-            # The events page size is unknown (casb.md §2.6). A page shorter than the largest seen, with
+            # The events page size is unknown (docs/vendors/casb.md §2.6). A page shorter than the largest seen, with
             # recent events, is taken as the tail: that saves the trailing empty call of every poll (the
             # daily cap), and a wrong guess only delays the rest to the next poll (the token is durable).
             largest = max(int(cursor.data.get("largest_page") or 0), len(items))

@@ -49,7 +49,7 @@ class CallGate:
 
 
 def budget_credential(settings: dict[str, Any]) -> str:
-    """The budget key. The quota is presumably per API key (casb.md §2.7), and Proofpoint issues the API
+    """The budget key. The quota is presumably per API key (docs/vendors/casb.md §2.7), and Proofpoint issues the API
     key together with one client id, so the client id stands for it: the spine's budget metrics can
     then name the pool from the settings alone, without reading the secret."""
     return credential_key("casb", settings["client_id"])

@@ -16,8 +16,8 @@ AUTH_MODES = ("legacy", "oauth2")
 BUDGET_POOL = "daily"
 ALERTS_STREAM = "alerts"
 EVENTS_STREAM = "events"
-MAX_ALERT_WINDOW = timedelta(hours=24)  # Vulture caps a window at 24 h (casb.md §2.4)
-# How long the API keeps alerts and events is not documented (casb.md §8): initial_lookback and
+MAX_ALERT_WINDOW = timedelta(hours=24)  # Vulture caps a window at 24 h (docs/vendors/casb.md §2.4)
+# How long the API keeps alerts and events is not documented (docs/vendors/casb.md §8): initial_lookback and
 # backfills reach no further back than this.
 MAX_LOOKBACK = timedelta(days=7)
 BACKFILL_PREFIX = "backfill-"  # backfill cursor = BACKFILL_PREFIX + feed

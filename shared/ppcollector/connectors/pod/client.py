@@ -2,8 +2,8 @@
 
 The reader thread only reads: every frame goes into a byte-bounded queue (backpressure: when the
 streamer lags, the reader stops reading and TCP slows Proofpoint down). There is no frame-size cap
-(pod.md §1.7: frames over 1 MiB occur). Pongs are only recorded: a late pong while a large frame is
-in flight is normal (pod.md §1.5), so the connection is declared dead only after a long silence with
+(docs/vendors/pod.md §1.7: frames over 1 MiB occur). Pongs are only recorded: a late pong while a large frame is
+in flight is normal (docs/vendors/pod.md §1.5), so the connection is declared dead only after a long silence with
 neither frames nor pongs (``PodConnection.silent_for``).
 """
 
@@ -23,7 +23,7 @@ from ...http import USER_AGENT
 from .handshake import handshake_error
 
 QUEUE_BYTES = 64 * 1024 * 1024  # frames waiting for the streamer; beyond this the reader pauses
-CLOSE_ABNORMAL = 1006  # no close frame: a drop (pod.md §1.5)
+CLOSE_ABNORMAL = 1006  # no close frame: a drop (docs/vendors/pod.md §1.5)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Persisted PoD dedup memory: which event ids were already written, per (instance, type).
 
-PoD repeats events: occasionally in live mode, heavily after an archive read (hour-rounded, pod.md
+PoD repeats events: occasionally in live mode, heavily after an archive read (hour-rounded, docs/vendors/pod.md
 §1.3, §1.9). An event is identified by its record id (``guid``/``id`` hashed, ``records.derive_id``).
 
 Storage (the state table): one partition per (instance, type), ``poddedup#<instance>#<type>``, one
@@ -23,7 +23,7 @@ from ...kvstore import KeyValueStore
 from ...timeutil import format_compact
 
 BUCKET_SECONDS = 300
-RETENTION = timedelta(hours=26)  # covers a reconnect/archive overlap of hours (pod.md §1.3)
+RETENTION = timedelta(hours=26)  # covers a reconnect/archive overlap of hours (docs/vendors/pod.md §1.3)
 CHUNK_IDS = 4000
 HASH_BYTES = 8
 IDLE_EVICT = 900.0

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from ...errors import VendorAccessError, VendorAuthError, VendorError, VendorRequestError, VendorTransientError
 
-FATAL_STATUSES = (400, 401, 403, 404, 405)  # configuration errors: retried only slowly (pod.md §1.6)
+FATAL_STATUSES = (400, 401, 403, 404, 405)  # configuration errors: retried only slowly (docs/vendors/pod.md §1.6)
 
 
 class StreamConflict(VendorError):
-    """409 at the handshake: another session holds this token and type (pod.md §1.4)."""
+    """409 at the handshake: another session holds this token and type (docs/vendors/pod.md §1.4)."""
 
 
 
 def handshake_error(status: int, body: str, event_type: str) -> VendorError:
-    """What a refused handshake means (pod.md §1.6); the body is Proofpoint's short text."""
+    """What a refused handshake means (docs/vendors/pod.md §1.6); the body is Proofpoint's short text."""
     detail = " ".join(str(body).split())[:200]
     where = f"HTTP {status} at the {event_type} stream handshake" + (f": {detail}" if detail else "")
     if status == 401:

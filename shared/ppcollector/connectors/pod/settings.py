@@ -15,9 +15,9 @@ DEFAULT_URL = "wss://logstream.proofpoint.com"
 STREAM_PATH = "/v1/stream"
 TYPES = ("message", "maillog", "audit")
 DEFAULT_TYPES = ["message", "maillog"]
-ID_FIELD = {"message": "guid", "audit": "guid", "maillog": "id"}  # pod.md §1.9
+ID_FIELD = {"message": "guid", "audit": "guid", "maillog": "id"}  # docs/vendors/pod.md §1.9
 SETTINGS = ("cluster_id", "types", "url")
-MAX_LOOKBACK = timedelta(days=30)  # archive reads refuse older sinceTime with 400 (pod.md §1.3)
+MAX_LOOKBACK = timedelta(days=30)  # archive reads refuse older sinceTime with 400 (docs/vendors/pod.md §1.3)
 
 
 def validate_types(value: Any) -> list[str]:
@@ -35,7 +35,7 @@ def validate_types(value: Any) -> list[str]:
 
 def stream_url(settings: dict[str, Any], event_type: str, since: datetime | None = None,
                to: datetime | None = None) -> str:
-    """``<url>/v1/stream?cid=..&type=..`` (+ ``sinceTime``/``toTime``: archive mode, pod.md §1.3)."""
+    """``<url>/v1/stream?cid=..&type=..`` (+ ``sinceTime``/``toTime``: archive mode, docs/vendors/pod.md §1.3)."""
     query = {"cid": settings["cluster_id"], "type": event_type}
     if since is not None:
         query["sinceTime"] = format_rfc3339(since)

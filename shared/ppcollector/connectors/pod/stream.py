@@ -4,7 +4,7 @@ Where things happen (``TypeStream``):
 
 - **lease** (``_hold_lease``): ``inst#<name>`` / ``lease#<type>``, renewed every lease/4. A session
   connects only while its lease is held; a failed renewal (another owner) closes it at once. The token
-  allows one session per type (pod.md §1.4), so this is what keeps two tasks from fighting.
+  allows one session per type (docs/vendors/pod.md §1.4), so this is what keeps two tasks from fighting.
 - **resume** (``_decide``): live mode (no time parameters) by default: within an hour the server
   resumes where the dropped session stopped. ONE archive read (``sinceTime`` = newest flushed ``ts``,
   read until Proofpoint closes with 1000, then live) when the last live connection is older than
@@ -55,9 +55,11 @@ from .events import event_time, record_id
 from .handshake import StreamConflict, is_fatal
 from .settings import SOURCE, stream_url
 
-RESUME_SAFE = timedelta(minutes=50)  # the server resumes a drop of under an hour (pod.md §1.4): keep a margin
+# the server resumes a drop of under an hour (docs/vendors/pod.md §1.4): keep a margin
+RESUME_SAFE = timedelta(minutes=50)
 ARCHIVE_MARGIN = timedelta(minutes=5)  # archive from a little before the newest ts (ordering is unconfirmed)
-MAX_LOOKBACK = timedelta(days=30) - timedelta(hours=1)  # sinceTime older than 30 days is a 400 (pod.md §1.3)
+# sinceTime older than 30 days is a 400 (docs/vendors/pod.md §1.3)
+MAX_LOOKBACK = timedelta(days=30) - timedelta(hours=1)
 AFTER_PENDING = "pod_after_pending"  # crashpoint: the pending marker is written, the sinks not yet
 HEARTBEAT_SECONDS = 60.0
 METRICS_SECONDS = 60.0
@@ -73,7 +75,7 @@ class Timing:
 
     reconnect_base: float = 1.0
     reconnect_cap: float = 60.0
-    conflict_base: float = 2.0  # 409: a lingering or foreign session (pod.md §1.4)
+    conflict_base: float = 2.0  # 409: a lingering or foreign session (docs/vendors/pod.md §1.4)
     conflict_cap: float = 120.0
     failed_retry: float = 600.0  # 400/401/403/404/405: retried every 10 min, or at once when settings change
     sink_base: float = 1.0

@@ -1,4 +1,4 @@
-"""Proofpoint TAP SIEM API connector (``/v2/siem/*``; tap.md).
+"""Proofpoint TAP SIEM API connector (``/v2/siem/*``; docs/vendors/tap.md).
 
 Per instance and endpoint: a cursor; each window is ``[cursor, min(cursor + 1 h, now - settle lag)]``
 (never under 30 s: wait instead), requested with ``interval=`` and an explicit ``threatStatus``. The

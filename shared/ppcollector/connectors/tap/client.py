@@ -48,7 +48,7 @@ class TapClient:
             ("format", "json"),
             ("interval", f"{format_rfc3339(start)}/{format_rfc3339(end)}"),
         ]
-        # Always explicit: left empty, the API omits false positives (tap.md §1.4).
+        # Always explicit: left empty, the API omits false positives (docs/vendors/tap.md §1.4).
         params += [("threatStatus", _THREAT_STATUS_PARAM[s]) for s in threat_status]
         url = self.base_url + endpoint.path
         give_up_at = time.monotonic() + max(deadline_seconds, 1.0)

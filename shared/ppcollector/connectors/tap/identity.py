@@ -20,7 +20,7 @@ _ANY_MARKER = re.compile(re.escape(canonical_json("\x00ppcollector-sorted-")[:-1
 
 
 def _identity(event: dict[str, Any]) -> Any:
-    """The canonical event. Array order is not guaranteed by the API (tap.md §5.5): sort those we know.
+    """The canonical event. Array order is not guaranteed by the API (docs/vendors/tap.md §5.5): sort those we know.
 
     Per-recipient events share a GUID but differ in ``recipient`` and ``id``, so they never collapse.
     """

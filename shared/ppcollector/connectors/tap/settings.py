@@ -28,7 +28,7 @@ class Endpoint:
     stream: str  # cursor name
     path: str
     keys: tuple[str, ...]  # arrays in the response body, = output event_type
-    pool: str  # rate pool: clicks/permitted has its own (tap.md §1.6)
+    pool: str  # rate pool: clicks/permitted has its own (docs/vendors/tap.md §1.6)
 
 
 ENDPOINTS = {
