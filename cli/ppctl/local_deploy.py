@@ -143,12 +143,12 @@ def endpoint_is_loopback(url: str | None) -> bool:
     return address.is_loopback
 
 
-def _require_loopback(clients: Mapping[str, Any]) -> None:
+def require_loopback(clients: Mapping[str, Any], action: str = "deploy") -> None:
     for service, client in clients.items():
         url = client.meta.endpoint_url
         if not endpoint_is_loopback(url):
             raise LocalDeployError(
-                f"refusing to deploy: the {service} endpoint {url} is not loopback "
+                f"refusing to {action}: the {service} endpoint {url} is not loopback "
                 "(set AWS_ENDPOINT_URL to the local emulator, e.g. http://127.0.0.1:5000)"
             )
 
@@ -626,7 +626,7 @@ def deploy_stack(
         # Path-style: a virtual-hosted bucket name would be prepended to the loopback host name.
         "s3": session.client("s3", region_name=region, config=Config(s3={"addressing_style": "path"})),
     }
-    _require_loopback(clients)  # before any network call
+    require_loopback(clients)  # before any network call
 
     template_path = Path(template_path).resolve()
     if not template_path.is_file():

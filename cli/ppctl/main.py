@@ -1,14 +1,17 @@
 """``ppctl``: manage instances, check status, backfill, and run the stack locally (docs/CONTRACT.md §3).
 
 It talks to whatever the standard AWS SDK configuration points at, and finds the stack's resources
-from the stack's outputs (``--stack``, default from samconfig.toml). Secrets are read from a prompt
-or stdin, never from the command line. Exit 0 on success; otherwise one line saying why.
+from the stack's outputs (``--stack``/``--region``, defaults from ./samconfig.toml as ``sam deploy
+--guided`` writes it). Secrets are read from a prompt or stdin, never from the command line. Exit 0 on
+success; otherwise one line saying why (``main``), never a traceback, never a secret.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -21,10 +24,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ProfileNotFound,
+)
+
+from ppcollector import __version__
 from ppcollector.config import RuntimeConfig
-from ppcollector.connectors import CONNECTOR_NAMES, get_connector
+from ppcollector.connectors import get_connector
 from ppcollector.connectors.tap import THREAT_STATUSES
 from ppcollector.errors import CollectorError, SettingsError, VendorAccessError, VendorAuthError, VendorError
 from ppcollector.runtime import aws_clients, build_deps
@@ -34,6 +47,9 @@ from ppcollector.timeutil import TimestampError, format_rfc3339, parse_duration,
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STACK = "proofpoint-collector"
+SAMCONFIG = "samconfig.toml"
+DISTRIBUTION = "proofpoint-aws-collector"
+IAM_POLICY_DOC = "docs/ppctl-iam-policy.json"
 
 
 class CliError(Exception):
@@ -42,15 +58,29 @@ class CliError(Exception):
 
 # --- stack discovery -----------------------------------------------------------------------------
 
-def default_stack_name() -> str:
-    config = PROJECT_ROOT / "samconfig.toml"
-    if config.exists():
-        with config.open("rb") as handle:
-            data = tomllib.load(handle)
-        name = data.get("default", {}).get("global", {}).get("parameters", {}).get("stack_name")
-        if name:
-            return str(name)
-    return DEFAULT_STACK
+def samconfig_defaults(path: Path, required: bool = False) -> dict[str, str]:
+    """``stack_name`` and ``region`` where ``sam deploy --guided`` writes them: [default.deploy.parameters],
+    else [default.global.parameters] (the deploy section wins, as in sam)."""
+    if not path.is_file():
+        if required:
+            raise CliError(f"config file {path} not found")
+        return {}
+    try:
+        with path.open("rb") as handle:
+            environment = tomllib.load(handle).get("default", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {_one_line(exc)}") from exc
+    found: dict[str, str] = {}
+    for section in ("global", "deploy"):
+        parameters = environment.get(section, {}).get("parameters", {})
+        found.update({key: str(parameters[key]) for key in ("stack_name", "region") if parameters.get(key)})
+    return found
+
+
+def aws_session(region: str | None) -> Any:
+    import boto3
+
+    return boto3.session.Session(region_name=region)
 
 
 @dataclass
@@ -73,28 +103,91 @@ class Stack:
             raise CliError(f"stack {self.name} has no output {exc.args[0]}; is it this project's stack?") from exc
 
     def deps(self) -> Deps:
-        return build_deps(self.config, self.clients)
+        deps = build_deps(self.config, self.clients)
+        return dataclasses.replace(deps, secrets=_RememberingSecrets(deps.secrets))
 
 
-def load_stack(name: str) -> Stack:
-    import boto3
-
-    session = boto3.session.Session()
-    cloudformation = session.client("cloudformation")
-    try:
-        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
-    except Exception as exc:
-        raise CliError(f"cannot read stack {name!r}: {_one_line(exc)} (deployed? right region/endpoint?)") from exc
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+def load_stack(args: argparse.Namespace, loopback_only: bool = False) -> Stack:
+    """The stack's outputs and clients; ``loopback_only`` refuses any endpoint that is not a local emulator,
+    before the first call."""
+    session = aws_session(args.region)
     clients = aws_clients(session)
-    clients["cloudformation"] = cloudformation
-    return Stack(name, outputs, clients)
+    clients["cloudformation"] = session.client("cloudformation")
+    if loopback_only:
+        from . import local_deploy
+
+        try:
+            local_deploy.require_loopback(clients, "run a function locally")
+        except local_deploy.LocalDeployError as exc:
+            raise CliError(str(exc)) from exc
+    try:
+        stacks = clients["cloudformation"].describe_stacks(StackName=args.stack)["Stacks"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ValidationError":
+            raise
+        raise CliError(f"stack {args.stack!r} not found in {session.region_name} (deployed? name it with --stack "
+                       f"or stack_name in {SAMCONFIG}; region with --region or region in {SAMCONFIG})") from exc
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    return Stack(args.stack, outputs, clients)
 
 
-# --- output ----------------------------------------------------------------------------------------
+# --- output ---------------------------------------------------------------------------------------
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+# Every secret value this process read (prompt, stdin, Secrets Manager): no line ppctl prints on stderr
+# may contain one, whatever an error message echoes.
+_SECRET_VALUES: set[str] = set()
+
+
+class _RememberingSecrets:
+    """The stack's secret store, remembering each value it hands out (see _SECRET_VALUES)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def get(self, secret_id: str) -> Any:
+        credentials = self._store.get(secret_id)
+        _SECRET_VALUES.update(value for value in credentials.values() if value)
+        return credentials
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for value in sorted(_SECRET_VALUES, key=len, reverse=True):
+        text = text.replace(value, "<secret>")
+    return text
+
+
+def say(text: str) -> None:
+    """A note or reason for the operator, on stderr: one line, secrets masked."""
+    print(_one_line(text), file=sys.stderr)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong, for the one line ppctl prints instead of a traceback."""
+    if isinstance(exc, CliError | CollectorError):
+        return str(exc)
+    if isinstance(exc, NoRegionError):
+        return f"no AWS region configured: pass --region, set region in {SAMCONFIG}, or set AWS_REGION"
+    if isinstance(exc, ProfileNotFound):
+        return f"AWS profile {exc.kwargs.get('profile')!r} not found in the AWS config files (check AWS_PROFILE)"
+    if isinstance(exc, NoCredentialsError):
+        return ("no AWS credentials found: configure a profile (aws configure / aws sso login) or set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "Unknown")
+        hint = f" (the permissions ppctl needs: {IAM_POLICY_DOC})" if "AccessDenied" in code else ""
+        return f"AWS {exc.operation_name} failed: {code}: {error.get('Message', '')}{hint}"
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot reach the AWS endpoint {exc.kwargs.get('endpoint_url')} (network, region, AWS_ENDPOINT_URL?)"
+    if isinstance(exc, BotoCoreError):
+        return f"AWS SDK: {exc}"
+    if isinstance(exc, OSError):
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else f"{type(exc).__name__}: {exc}"
+    return f"unexpected {type(exc).__name__}: {exc} (PPCTL_DEBUG=1 shows the traceback)"
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -145,6 +238,7 @@ def read_secret_fields(connector: str, from_stdin: bool) -> dict[str, str]:
             if not sys.stdin.isatty():
                 raise CliError("no terminal to prompt for the secret: pipe it in with --secret-stdin")
             value = getpass.getpass(f"{prompt}: ")
+        _SECRET_VALUES.update(v for v in (value, value.strip()) if v.strip())
         if not value.strip():
             if (connector, field) in OPTIONAL_SECRETS:
                 continue
@@ -188,7 +282,7 @@ def _human_seconds(seconds: int | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     now = utcnow()
     rows = []
     for instance in sorted(deps.state.list_instances(), key=lambda i: i.name):
@@ -208,7 +302,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_instance_add(args: argparse.Namespace) -> int:
-    stack = load_stack(args.stack)
+    stack = load_stack(args)
     deps = stack.deps()
     name = validate_name(args.name)
     connector = get_connector(args.connector)
@@ -218,26 +312,48 @@ def cmd_instance_add(args: argparse.Namespace) -> int:
         if value is not None:
             raw[key] = value
     for pair in getattr(args, "set", None) or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CliError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, _, value = pair.partition("=")
         raw[key.strip().replace("-", "_")] = value
     settings = connector.validate_settings(raw)
     if deps.state.get_instance(name):
         raise CliError(f"an instance named {name!r} already exists (ppctl instance show {name})")
-    secret_values = read_secret_fields(args.connector, args.secret_stdin)
-    secret_id = deps.secrets.create(f"{stack.config.secret_prefix}/{name}", secret_values)
+    secret_id, created = _store_secret(args, deps, f"{stack.config.secret_prefix}/{name}")
     instance = Instance(name, connector.name, settings, secret_id, enabled=not args.disabled,
                         created_at=format_rfc3339(utcnow()))
     try:
         deps.state.save_instance(instance, create=True)
     except Exception:
-        deps.secrets.delete(secret_id)
+        if created:
+            deps.secrets.delete(secret_id)
         raise
     ok = _validate(args, deps, instance, quiet=True) if not args.disabled and not args.no_validate else True
     row = status_row(deps, instance, utcnow())
     emit(args, {k: row[k] for k in ("name", "connector", "state", "last_error")} if not args.json else row)
     return 0 if ok else 1
+
+
+def _store_secret(args: argparse.Namespace, deps: Deps, secret_name: str) -> tuple[str, bool]:
+    """The new instance's secret id, and whether it was created now.
+
+    A secret can already exist under the name when no instance uses it: after ``sam delete`` and a redeploy
+    of the same stack name (ppctl's secrets are not stack resources, so they outlive it), or left scheduled
+    for deletion by an older ppctl. It is this stack's and this name's own, so it is taken over: restored,
+    and given the value just entered (Secrets Manager keeps the old one as AWSPREVIOUS), or kept as it is
+    with ``--reuse-secret``.
+    """
+    values = None if args.reuse_secret else read_secret_fields(args.connector, args.secret_stdin)
+    existing = deps.secrets.adopt(secret_name)
+    if values is None:
+        if existing is None:
+            raise CliError(f"--reuse-secret: there is no stored secret {secret_name} to reuse")
+        say(f"reusing the stored secret {secret_name}")
+        return existing, False
+    if existing is None:
+        return deps.secrets.create(secret_name, values), True
+    deps.secrets.update(existing, values)
+    say(f"the secret {secret_name} existed already (an earlier instance or stack of this name): its value is "
+        "replaced by the one entered; the previous value stays as version AWSPREVIOUS")
+    return existing, False
 
 
 # Per connector, the settings `instance add` takes as flags (the rest through --set KEY=VALUE).
@@ -249,7 +365,7 @@ SETTING_FLAGS = {
 
 
 def cmd_instance_list(args: argparse.Namespace) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     rows = [{"name": i.name, "connector": i.connector, "enabled": i.enabled,
              "interval": i.settings.get("poll_interval", ""), "created_at": i.created_at}
             for i in sorted(deps.state.list_instances(), key=lambda i: i.name)]
@@ -265,7 +381,7 @@ def _get(deps: Deps, name: str) -> Instance:
 
 
 def cmd_instance_show(args: argparse.Namespace) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     instance = _get(deps, args.name)
     cursors = {c.stream: c.position for c in deps.state.list_cursors(instance.name)}
     emit(args, {"name": instance.name, "connector": instance.connector, "enabled": instance.enabled,
@@ -275,13 +391,11 @@ def cmd_instance_show(args: argparse.Namespace) -> int:
 
 
 def cmd_instance_set(args: argparse.Namespace) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     instance = _get(deps, args.name)
     settings = dict(instance.settings)
     for pair in args.pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CliError(f"expected KEY=VALUE, got {pair!r}")
+        key, _, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if key in ("enabled", "secret", "secret_id", "connector", "name"):
             raise CliError(f"{key} cannot be set here (use enable/disable/rotate-secret)")
@@ -298,7 +412,7 @@ def cmd_instance_set(args: argparse.Namespace) -> int:
 
 
 def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     instance = _get(deps, args.name)
     instance.enabled = enabled
     deps.state.save_instance(instance)
@@ -311,19 +425,19 @@ def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
 
 
 def cmd_instance_remove(args: argparse.Namespace) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     instance = _get(deps, args.name)
     deps.state.delete_instance(instance.name)
     try:
         deps.secrets.delete(instance.secret_id)
     except Exception as exc:
-        print(f"warning: could not delete secret {instance.secret_id}: {_one_line(exc)}", file=sys.stderr)
+        say(f"warning: could not delete secret {instance.secret_id}: {describe_failure(exc)}")
     emit(args, {"removed": instance.name})
     return 0
 
 
 def cmd_rotate_secret(args: argparse.Namespace) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     instance = _get(deps, args.name)
     deps.secrets.update(instance.secret_id, read_secret_fields(instance.connector, args.secret_stdin))
     deps.state.update_status(instance.name, lambda s: s.update(backoff_until=None, next_due=None))
@@ -339,7 +453,7 @@ def _validate(args: argparse.Namespace, deps: Deps, instance: Instance, quiet: b
     except VendorAccessError as exc:
         return _validation_failed(args, deps, instance, "credentials lack API access", exc)
     except (VendorError, SettingsError) as exc:
-        print(f"validation of {instance.name} failed: {_one_line(exc)}", file=sys.stderr)
+        say(f"validation of {instance.name} failed: {exc}")
         return False
 
     def clear(status: dict[str, Any]) -> None:
@@ -351,7 +465,7 @@ def _validate(args: argparse.Namespace, deps: Deps, instance: Instance, quiet: b
     if not quiet:
         emit(args, {"name": instance.name, "result": message})
     else:
-        print(message, file=sys.stderr)
+        say(message)
     return True
 
 
@@ -361,17 +475,17 @@ def _validation_failed(args: argparse.Namespace, deps: Deps, instance: Instance,
     reason = f"{what} ({detail})"
     deps.state.update_status(instance.name, lambda s: s.update(state=FAILED, reason=reason, last_error=reason,
                                                                last_error_at=format_rfc3339(utcnow())))
-    print(f"{instance.name}: {reason}", file=sys.stderr)
+    say(f"{instance.name}: {reason}")
     return False
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     return 0 if _validate(args, deps, _get(deps, args.name)) else 1
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    deps = load_stack(args.stack).deps()
+    deps = load_stack(args).deps()
     instance = _get(deps, args.name)
     now = utcnow()
     try:
@@ -400,8 +514,9 @@ LOG_GROUP_OUTPUTS = {"tap": "TapPollerLogGroupName", "casb": "CasbPollerLogGroup
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """That instance's log lines from CloudWatch Logs, through a Logs Insights query."""
-    stack = load_stack(args.stack)
+    """That instance's log lines from CloudWatch Logs, newest first, through a Logs Insights query. The metric
+    blobs (EMF: JSON with an ``_aws`` key) carry the instance too, but are numbers for CloudWatch: left out."""
+    stack = load_stack(args)
     instance = _get(stack.deps(), args.name)
     log_group = stack.outputs.get(LOG_GROUP_OUTPUTS.get(instance.connector, ""))
     if not log_group:
@@ -410,10 +525,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
         since = parse_duration(args.since)
     except ValueError as exc:
         raise CliError(f"--since: {exc}") from exc
-    logs = stack.clients.get("logs") or __import__("boto3").client("logs")
+    logs = stack.clients["logs"]
     end = int(time.time())
     query = (f'fields @timestamp, @message | filter instance = "{instance.name}" '
-             "| sort @timestamp asc | limit 10000")
+             "| sort @timestamp desc | limit 10000")
     query_id = logs.start_query(logGroupName=log_group, startTime=end - int(since.total_seconds()),
                                 endTime=end + 1, queryString=query)["queryId"]
     deadline = time.monotonic() + 120
@@ -433,7 +548,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             line = json.loads(fields.get("@message", ""))
         except ValueError:
             continue
-        if isinstance(line, dict) and line.get("instance") == instance.name:  # the filter, re-checked here
+        if isinstance(line, dict) and line.get("instance") == instance.name and "_aws" not in line:
             rows.append(line)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -450,9 +565,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_local_deploy(args: argparse.Namespace) -> int:
     from . import local_deploy
 
-    parameters = dict(p.split("=", 1) for p in args.param or [])
+    parameters = dict(p.split("=", 1) for p in args.param or [])  # KEY=VALUE checked by the parser
     try:
-        outputs = local_deploy.deploy(args.stack, str(Path(args.template)), parameters or None)
+        outputs = local_deploy.deploy(args.stack, str(Path(args.template)), parameters or None,
+                                      session=aws_session(args.region))
     except local_deploy.LocalDeployError as exc:
         raise CliError(str(exc)) from exc
     emit(args, outputs)
@@ -534,38 +650,46 @@ def _ship_logs(stack: Stack, log_group: str | None, request_id: str, lines: list
     """Put the invocation's log lines into the function's log group in the emulator (for ppctl logs)."""
     if not log_group or not lines:
         return
-    logs = stack.clients.get("logs") or __import__("boto3").client("logs")
+    logs = stack.clients["logs"]
     stream = f"{time.strftime('%Y/%m/%d')}/[local]{request_id}"
     try:
         logs.create_log_stream(logGroupName=log_group, logStreamName=stream)
-        now = int(time.time() * 1000)
-        for start in range(0, len(lines), 5000):
-            logs.put_log_events(logGroupName=log_group, logStreamName=stream,
-                                logEvents=[{"timestamp": now, "message": line} for line in lines[start:start + 5000]])
+        events, latest = [], 0
+        for line in lines:  # each line at its own time (never earlier than the one before), as Lambda ships them
+            latest = max(latest, _line_millis(line))
+            events.append({"timestamp": latest, "message": line})
+        for start in range(0, len(events), 5000):
+            logs.put_log_events(logGroupName=log_group, logStreamName=stream, logEvents=events[start:start + 5000])
     except Exception as exc:
-        print(f"warning: could not write the invocation's logs to {log_group}: {_one_line(exc)}", file=sys.stderr)
+        say(f"warning: could not write the invocation's logs to {log_group}: {describe_failure(exc)}")
+
+
+def _line_millis(line: str) -> int:
+    """When a log line was written: its ``timestamp`` field (Powertools) or ``_aws.Timestamp`` (EMF), else now."""
+    try:
+        fields = json.loads(line)
+        if "_aws" in fields:
+            return int(fields["_aws"]["Timestamp"])
+        return int(datetime.fromisoformat(fields["timestamp"].replace(",", ".")).timestamp() * 1000)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return int(time.time() * 1000)
 
 
 def cmd_local_invoke(args: argparse.Namespace) -> int:
     from . import local_deploy
 
-    stack = load_stack(args.stack)
+    stack = load_stack(args, loopback_only=True)  # as documented: a local emulator only
     template = local_deploy.load_template(args.template)
     logical = FUNCTION_ALIASES.get(args.function.lower().replace("-", "_"), args.function)
     resource = template.get("Resources", {}).get(logical)
     if not resource or resource.get("Type") != "AWS::Serverless::Function":
-        functions = [k for k, v in template.get("Resources", {}).items()
-                     if v.get("Type") == "AWS::Serverless::Function"]
-        raise CliError(f"no function {args.function!r} in the template (functions: {', '.join(functions)})")
-    physical = stack.outputs.get(f"{logical.removesuffix('Function')}FunctionName")
-    if not physical:
-        raise CliError(f"stack {stack.name} has no output for {logical}")
-    lambda_client = stack.clients.get("lambda") or __import__("boto3").client("lambda")
-    config = lambda_client.get_function_configuration(FunctionName=physical)
+        raise CliError(f"no function {args.function!r} in the template (functions: {', '.join(_functions(template))})")
+    physical = _physical_function(stack, logical)
+    config = stack.clients["lambda"].get_function_configuration(FunctionName=physical)
     env = dict(config.get("Environment", {}).get("Variables", {}))
     code_dir = Path(args.template).resolve().parent / resource["Properties"]["CodeUri"]
     module_name, _, function_name = resource["Properties"].get("Handler", "app.handler").rpartition(".")
-    event = json.loads(Path(args.event).read_text()) if args.event else {"source": "local-invoke"}
+    event = args.event if args.event is not None else {"source": "local-invoke"}
     spec = importlib.util.spec_from_file_location(f"local_{logical}", code_dir / f"{module_name}.py")
     if spec is None or spec.loader is None:
         raise CliError(f"cannot load {code_dir / module_name}.py")
@@ -588,22 +712,108 @@ def cmd_local_invoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _functions(template: dict[str, Any]) -> list[str]:
+    return [k for k, v in template.get("Resources", {}).items() if v.get("Type") == "AWS::Serverless::Function"]
+
+
+def _physical_function(stack: Stack, logical: str) -> str:
+    physical = stack.outputs.get(f"{logical.removesuffix('Function')}FunctionName")
+    if not physical:
+        raise CliError(f"stack {stack.name} has no output for {logical}")
+    return physical
+
+
+def cmd_local_env_vars(args: argparse.Namespace) -> int:
+    """The ``--env-vars`` file of ``sam local invoke``: per function logical id, the variables the template
+    declares for it, with the values the deployed stack gave them (resource names; never a secret: those
+    stay in Secrets Manager). DISPATCH_MODE is inline, as in ``ppctl local invoke``: a tick run by sam
+    polls the due instances in its own container instead of invoking the deployed function."""
+    from . import local_deploy
+
+    stack = load_stack(args)
+    template = local_deploy.load_template(args.template)
+    shared = (template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables") or {})
+    env_vars: dict[str, dict[str, str]] = {}
+    for logical in _functions(template):
+        declared = set(shared) | set(
+            template["Resources"][logical].get("Properties", {}).get("Environment", {}).get("Variables") or {})
+        config = stack.clients["lambda"].get_function_configuration(FunctionName=_physical_function(stack, logical))
+        deployed = config.get("Environment", {}).get("Variables", {})
+        env_vars[logical] = {key: deployed[key] for key in sorted(declared) if key in deployed}
+        if "DISPATCH_MODE" in env_vars[logical]:
+            env_vars[logical]["DISPATCH_MODE"] = "inline"
+    text = json.dumps(env_vars, indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        say(f"wrote {args.out}: sam local invoke FUNCTION --env-vars {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--stack", default=argparse.SUPPRESS, help="stack name (default: samconfig.toml)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="ppctl", parents=[common],
-                                     description="Manage the Proofpoint collector's instances and stack.")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line too (argparse would print the whole usage first)."""
 
-    instance = sub.add_parser("instance", parents=[common], help="manage the instance registry")
-    isub = instance.add_subparsers(dest="instance_command", required=True)
-    add = isub.add_parser("add", parents=[common], help="add an instance (secret from prompt or --secret-stdin)")
-    add_sub = add.add_subparsers(dest="connector", required=True)
-    tap = add_sub.add_parser("tap", parents=[common], help="a TAP SIEM API tenant")
-    tap.add_argument("name")
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _key_value(text: str) -> str:
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+def _json_file(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{path} is not JSON ({_one_line(exc)})") from exc
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--stack", default=argparse.SUPPRESS,
+                        help=f"stack name (default: stack_name in {SAMCONFIG}, else {DEFAULT_STACK})")
+    common.add_argument("--region", default=argparse.SUPPRESS,
+                        help=f"AWS region (default: region in {SAMCONFIG}, else the AWS SDK configuration)")
+    common.add_argument("--config-file", dest="config_file", default=argparse.SUPPRESS,
+                        help=f"the sam config file to take those defaults from (default: ./{SAMCONFIG})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    parser = _Parser(prog="ppctl", parents=[common],
+                     description="Manage the Proofpoint collector's instances and stack.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print ppctl's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
+
+    def command(subparsers: Any, name: str, summary: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], help=summary, description=summary)
+
+    def secret_flags(p: argparse.ArgumentParser, what: str, validate: str = "skip the test call") -> None:
+        p.add_argument("--secret-stdin", action="store_true", help=f"read {what} from stdin (one per line)")
+        p.add_argument("--reuse-secret", action="store_true",
+                       help="keep the secret already stored under this name (after a redeploy) instead of reading one")
+        p.add_argument("--disabled", action="store_true", help="register it disabled")
+        p.add_argument("--no-validate", action="store_true", help=validate)
+
+    instance = command(sub, "instance", "manage the instance registry")
+    isub = instance.add_subparsers(dest="instance_command", required=True, metavar="ACTION", help="what to do")
+    add = command(isub, "add", "add an instance (secret from prompt or --secret-stdin)")
+    add_sub = add.add_subparsers(dest="connector", required=True, metavar="CONNECTOR", help="tap, casb or pod")
+    tap = command(add_sub, "tap", "a TAP SIEM API tenant")
+    tap.add_argument("name", help="instance name: 1-63 of a-z 0-9 - _")
     tap.add_argument("--principal", required=True, help="TAP service principal")
     tap.add_argument("--event-types", dest="event_types", help="all | issues | comma list of "
                      "messages-delivered,messages-blocked,clicks-permitted,clicks-blocked (default all)")
@@ -613,14 +823,11 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--base-url", dest="base_url", help="API base URL (https; http only for loopback)")
     tap.add_argument("--settle-lag", dest="settle_lag", help="how far behind now a window ends (default stack's)")
     tap.add_argument("--initial-lookback", dest="initial_lookback", help="how far back a new instance starts (1h)")
-    tap.add_argument("--secret-stdin", action="store_true", help="read the service secret from stdin")
-    tap.add_argument("--disabled", action="store_true", help="register it disabled")
-    tap.add_argument("--no-validate", action="store_true", help="skip the test call")
+    secret_flags(tap, "the service secret")
     tap.set_defaults(func=cmd_instance_add)
 
-    casb = add_sub.add_parser("casb", parents=[common], help="a CASB tenant (client secret and API key from "
-                              "prompt or stdin, one per line)")
-    casb.add_argument("name")
+    casb = command(add_sub, "casb", "a CASB tenant (client secret and API key from prompt or stdin, one per line)")
+    casb.add_argument("name", help="instance name: 1-63 of a-z 0-9 - _")
     casb.add_argument("--client-id", dest="client_id", required=True, help="CASB API client id")
     casb.add_argument("--api-fqdn", dest="api_fqdn", help="auth + alerts host (default api-us1.protect.proofpoint.com)")
     casb.add_argument("--events-fqdn", dest="events_fqdn",
@@ -630,85 +837,91 @@ def build_parser() -> argparse.ArgumentParser:
     casb.add_argument("--interval", default="5m", help="polling interval (default 5m)")
     casb.add_argument("--settle-lag", dest="settle_lag", help="how far behind now an alert window ends (60s)")
     casb.add_argument("--initial-lookback", dest="initial_lookback", help="how far back a new instance starts (1h)")
-    casb.add_argument("--set", action="append", metavar="KEY=VALUE",
+    casb.add_argument("--set", action="append", metavar="KEY=VALUE", type=_key_value,
                       help="any other API-contract setting (paths, headers, paging keys); see the README")
-    casb.add_argument("--secret-stdin", action="store_true", help="read client secret, then API key, from stdin")
-    casb.add_argument("--disabled", action="store_true", help="register it disabled")
-    casb.add_argument("--no-validate", action="store_true", help="skip the test call")
+    secret_flags(casb, "the client secret, then the API key,")
     casb.set_defaults(func=cmd_instance_add)
 
-    pod = add_sub.add_parser("pod", parents=[common], help="a PoD Log API cluster (token from prompt or stdin; "
-                             "the token must be dedicated to this collector)")
-    pod.add_argument("name")
+    pod = command(add_sub, "pod", "a PoD Log API cluster (token from prompt or stdin; the token must be dedicated "
+                  "to this collector)")
+    pod.add_argument("name", help="instance name: 1-63 of a-z 0-9 - _")
     pod.add_argument("--cluster-id", dest="cluster_id", required=True, help="the PoD cluster id (cid)")
     pod.add_argument("--types", help="message,maillog,audit (default message,maillog)")
     pod.add_argument("--url", help="stream URL (default wss://logstream.proofpoint.com; ws only for loopback)")
-    pod.add_argument("--secret-stdin", action="store_true", help="read the token from stdin")
-    pod.add_argument("--disabled", action="store_true", help="register it disabled")
-    pod.add_argument("--no-validate", action="store_true", help="skip the test handshake")
+    secret_flags(pod, "the token", validate="skip the test handshake")
     pod.set_defaults(func=cmd_instance_add)
 
-    isub.add_parser("list", parents=[common]).set_defaults(func=cmd_instance_list)
-    for verb, func in (("show", cmd_instance_show), ("remove", cmd_instance_remove),
-                       ("enable", lambda a: _set_enabled(a, True)), ("disable", lambda a: _set_enabled(a, False))):
-        p = isub.add_parser(verb, parents=[common])
-        p.add_argument("name")
+    command(isub, "list", "one row per registered instance").set_defaults(func=cmd_instance_list)
+    for verb, func, summary in (
+            ("show", cmd_instance_show, "an instance's settings, cursors and status"),
+            ("remove", cmd_instance_remove, "unregister an instance and delete its secret at once (no recovery)"),
+            ("enable", lambda a: _set_enabled(a, True), "poll it again from the next tick"),
+            ("disable", lambda a: _set_enabled(a, False), "stop polling it (cursors are kept)")):
+        p = command(isub, verb, summary)
+        p.add_argument("name", help="instance name")
         p.set_defaults(func=func)
-    setp = isub.add_parser("set", parents=[common], help="change settings: KEY=VALUE (empty value resets)")
-    setp.add_argument("name")
-    setp.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    setp = command(isub, "set", "change settings: KEY=VALUE (empty value resets)")
+    setp.add_argument("name", help="instance name")
+    setp.add_argument("pairs", nargs="+", metavar="KEY=VALUE", type=_key_value, help="the settings to change")
     setp.set_defaults(func=cmd_instance_set)
-    rot = isub.add_parser("rotate-secret", parents=[common], help="replace the stored credentials")
-    rot.add_argument("name")
-    rot.add_argument("--secret-stdin", action="store_true")
+    rot = command(isub, "rotate-secret", "replace the stored credentials and validate them")
+    rot.add_argument("name", help="instance name")
+    rot.add_argument("--secret-stdin", action="store_true", help="read the new secret from stdin (one per line)")
     rot.set_defaults(func=cmd_rotate_secret)
 
-    val = sub.add_parser("validate", parents=[common], help="one test call with the stored credentials")
-    val.add_argument("name")
+    val = command(sub, "validate", "one test call with the stored credentials")
+    val.add_argument("name", help="instance name")
     val.set_defaults(func=cmd_validate)
-    sub.add_parser("status", parents=[common], help="one row per instance").set_defaults(func=cmd_status)
-    back = sub.add_parser("backfill", parents=[common], help="re-collect a past range within the API's limits")
-    back.add_argument("name")
-    back.add_argument("--since", required=True)
-    back.add_argument("--until")
+    command(sub, "status", "one row per instance").set_defaults(func=cmd_status)
+    back = command(sub, "backfill", "re-collect a past range within the API's limits")
+    back.add_argument("name", help="instance name")
+    back.add_argument("--since", required=True, help="start of the range (ISO 8601)")
+    back.add_argument("--until", help="end of the range (ISO 8601; default now)")
     back.set_defaults(func=cmd_backfill)
 
-    logs = sub.add_parser("logs", parents=[common], help="an instance's log lines (CloudWatch Logs Insights)")
-    logs.add_argument("name")
+    logs = command(sub, "logs", "an instance's log lines, newest first (CloudWatch Logs Insights)")
+    logs.add_argument("name", help="instance name")
     logs.add_argument("--since", default="1h", help="how far back (default 1h)")
     logs.set_defaults(func=cmd_logs)
 
-    local = sub.add_parser("local", parents=[common], help="the stack on a local AWS emulator (loopback only)")
-    lsub = local.add_subparsers(dest="local_command", required=True)
-    dep = lsub.add_parser("deploy", parents=[common], help="deploy template.yaml into the local emulator")
-    dep.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"))
-    dep.add_argument("--param", action="append", metavar="KEY=VALUE", help="template parameter override")
+    local = command(sub, "local", "run the stack locally: emulator deploy and invoke, sam local env-vars")
+    lsub = local.add_subparsers(dest="local_command", required=True, metavar="ACTION", help="what to do")
+    template_help = "the SAM template (default: the project's template.yaml)"
+    dep = command(lsub, "deploy", "deploy template.yaml into the local emulator (loopback endpoints only)")
+    dep.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"), help=template_help)
+    dep.add_argument("--param", action="append", metavar="KEY=VALUE", type=_key_value,
+                     help="template parameter override (repeatable)")
     dep.set_defaults(func=cmd_local_deploy)
-    inv = lsub.add_parser("invoke", parents=[common], help="run a deployed function's handler in-process")
-    inv.add_argument("function", help="TapPollerFunction (or tap)")
-    inv.add_argument("--event", help="event JSON file (default: a scheduled tick)")
-    inv.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"))
+    inv = command(lsub, "invoke", "run a deployed function's handler in-process (loopback endpoints only)")
+    inv.add_argument("function", help="TapPollerFunction, CasbPollerFunction (or tap, casb)")
+    inv.add_argument("--event", type=_json_file, help="event JSON file (default: a scheduled tick)")
+    inv.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"), help=template_help)
     inv.set_defaults(func=cmd_local_invoke)
+    env = command(lsub, "env-vars", "write the --env-vars JSON `sam local invoke` needs, from the deployed stack")
+    env.add_argument("--out", metavar="FILE", help="write it to FILE (default: stdout)")
+    env.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"), help=template_help)
+    env.set_defaults(func=cmd_local_env_vars)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
         os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]  # boto3 reads only the latter
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.stack = getattr(args, "stack", None) or default_stack_name()
+    args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
-    if getattr(args, "connector", None) and args.connector not in CONNECTOR_NAMES:
-        print(f"ppctl: unknown connector {args.connector}", file=sys.stderr)
-        return 2
     try:
+        config_file = getattr(args, "config_file", None)
+        samconfig = samconfig_defaults(Path(config_file or SAMCONFIG), required=config_file is not None)
+        args.stack = getattr(args, "stack", None) or samconfig.get("stack_name") or DEFAULT_STACK
+        args.region = getattr(args, "region", None) or samconfig.get("region")
         return int(args.func(args) or 0)
-    except (CliError, CollectorError) as exc:
-        print(f"ppctl: {_one_line(exc)}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if os.environ.get("PPCTL_DEBUG"):
+            raise
+        say(f"ppctl: {describe_failure(exc)}")
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from typing import Any, Protocol
 from .errors import SettingsError
 
 CACHE_SECONDS = 300.0
+# A forced deletion completes asynchronously (usually within seconds): until it has, Secrets Manager
+# refuses to create a secret of the same name, so create() waits this long for it.
+CREATE_AFTER_DELETE_SECONDS = 30.0
 
 
 class Credentials(Mapping[str, str]):
@@ -44,6 +47,8 @@ class SecretStore(Protocol):
     def get(self, secret_id: str) -> Credentials: ...
 
     def create(self, name: str, values: Mapping[str, str]) -> str: ...
+
+    def adopt(self, name: str) -> str | None: ...
 
     def update(self, secret_id: str, values: Mapping[str, str]) -> None: ...
 
@@ -77,18 +82,41 @@ class SecretsManagerStore:
         return creds
 
     def create(self, name: str, values: Mapping[str, str]) -> str:
-        response = self._client.create_secret(
-            Name=name, SecretString=json.dumps(dict(values)),
-            Description="Proofpoint collector instance credentials (managed by ppctl)",
-        )
-        return response["ARN"]
+        deadline = time.monotonic() + CREATE_AFTER_DELETE_SECONDS
+        while True:
+            try:
+                response = self._client.create_secret(
+                    Name=name, SecretString=json.dumps(dict(values)),
+                    Description="Proofpoint collector instance credentials (managed by ppctl)",
+                )
+                return response["ARN"]
+            except self._client.exceptions.InvalidRequestException as exc:
+                if "scheduled for deletion" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    def adopt(self, name: str) -> str | None:
+        """The ARN of a secret already stored under ``name`` (an earlier stack's, or one a previous
+        ppctl scheduled for deletion: restored), or None when there is none to take over."""
+        try:
+            described = self._client.describe_secret(SecretId=name)
+        except self._client.exceptions.ResourceNotFoundException:
+            return None
+        if described.get("DeletedDate"):
+            try:
+                self._client.restore_secret(SecretId=name)
+            except self._client.exceptions.InvalidRequestException:
+                return None  # a forced deletion still completing: create() waits for it to finish
+        return described["ARN"]
 
     def update(self, secret_id: str, values: Mapping[str, str]) -> None:
         self._client.put_secret_value(SecretId=secret_id, SecretString=json.dumps(dict(values)))
         self._cache.pop(secret_id, None)
 
     def delete(self, secret_id: str) -> None:
-        self._client.delete_secret(SecretId=secret_id, RecoveryWindowInDays=7)
+        # No recovery window: a removed instance's credentials must not linger, and its name must be
+        # usable again at once (a secret in its recovery window blocks creating one of the same name).
+        self._client.delete_secret(SecretId=secret_id, ForceDeleteWithoutRecovery=True)
         self._cache.pop(secret_id, None)
 
 
@@ -106,6 +134,9 @@ class MemorySecrets:
     def create(self, name: str, values: Mapping[str, str]) -> str:
         self.values[name] = dict(values)
         return name
+
+    def adopt(self, name: str) -> str | None:
+        return name if name in self.values else None
 
     def update(self, secret_id: str, values: Mapping[str, str]) -> None:
         self.values[secret_id] = dict(values)
