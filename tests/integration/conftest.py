@@ -56,11 +56,14 @@ def aws_endpoint():
             os.environ[key] = value
 
 
-def run_ppctl(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
-    """ppctl as a user runs it: a separate process, the SDK configuration from the environment."""
+def run_ppctl(*args: str, stdin: str | None = None, env: dict[str, str | None] | None = None,
+              check: bool = True, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """ppctl as a user runs it: a separate process, the SDK configuration from the environment
+    (``env`` overrides it; a None value unsets that variable), in ``cwd`` (its samconfig.toml)."""
+    environment = {**os.environ, **(env or {})}
+    environment = {key: value for key, value in environment.items() if value is not None}
     result = subprocess.run([sys.executable, "-m", "ppctl", *args], input=stdin, capture_output=True,
-                            text=True, env={**os.environ, **(env or {})}, cwd=ROOT, timeout=600)
+                            text=True, env=environment, cwd=cwd, timeout=600)
     # Shown in the captured output (and scanned for secrets by tests/conftest.py).
     print(f"$ ppctl {' '.join(args)}\n{result.stdout}{result.stderr}")
     if check and result.returncode != 0:
