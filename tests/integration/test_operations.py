@@ -64,13 +64,19 @@ def test_status_moves_pending_to_active_within_two_ticks_and_tracks_failures(dep
     assert "Proofpoint rejected the service principal/secret (HTTP 401" in row["last_error"]
 
 
-def test_ppctl_logs_prints_that_instances_lines(deployed_stack, sim):
+def test_ppctl_logs_prints_that_instances_lines_newest_first_without_metric_blobs(deployed_stack, sim):
     add_instance(deployed_stack, sim, "logs-tap", "--initial-lookback", "20m", "--no-validate")
     invoke(deployed_stack, ROOT / "events" / "tap_poller_scheduled.json")
+    run_ppctl("validate", "logs-tap", "--stack", deployed_stack["name"])
+    invoke(deployed_stack, ROOT / "events" / "tap_poller_scheduled.json")  # a second invocation, later
     out = run_ppctl("logs", "logs-tap", "--since", "10m", "--stack", deployed_stack["name"]).stdout
     assert "tap: fetched" in out
+    assert "_aws" not in out and "CloudWatchMetrics" not in out
     lines = json.loads(run_ppctl("logs", "logs-tap", "--json", "--stack", deployed_stack["name"]).stdout)
-    assert lines and all(line["instance"] == "logs-tap" for line in lines)
+    assert lines and all(line["instance"] == "logs-tap" and "_aws" not in line for line in lines)
+    # Newest first: the second invocation's lines lead (it ran, and logged, after the first).
+    times = [line["timestamp"] for line in lines]
+    assert times == sorted(times, reverse=True) and times[0] > times[-1]
 
 
 class RecordingLambda:
