@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from ppcollector import __version__, cli
+from ppcollector import __version__
 from ppcollector.secrets import SecretsManagerStore
+from ppctl import main as cli
 from tests.conftest import register_secret
 
 
