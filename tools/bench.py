@@ -4,7 +4,7 @@ Prints one table (measured figure as median [min-max] over the runs, target, rat
 exits non-zero when a measured target is missed. A benchmark that cannot be measured yet is shown
 as PENDING: it is not counted as a pass, and does not fail the run.
 
-    python tools/bench.py [--runs 3] [--only tap,coldstart,cost,budget,pod] [--json FILE]
+    python tools/bench.py [--runs 3] [--only tap,coldstart,cost,budget,pod,query] [--json FILE]
 
 See README.md, "Performance", for what each row measures and how.
 """
@@ -242,6 +242,24 @@ def bench_pod(runs: int) -> tuple[list[Row], dict[str, Any]]:
 
 # --- main ------------------------------------------------------------------------------------------------
 
+QUERY_TARGET_SECONDS = 30  # an analyst's interactive wait for a day of a mid-size tenant
+
+
+def bench_query(runs: int) -> tuple[list[Row], dict[str, Any]]:
+    """DuckDB time of the shipped collection-completeness query over a 1M-event local archive."""
+    import bench_query
+
+    data = bench_query.run(runs, log)
+    median = statistics.median(data["seconds"])
+    rows = [Row(
+        f"ppctl query (DuckDB): collection-completeness over {data['events']:,} events, 24 hours "
+        f"({data['objects']} gzip NDJSON objects, {data['gzip_bytes'] / 1e6:.0f} MB)",
+        f"{spread(data['seconds'], '{:.2f}')} s", f"<= {QUERY_TARGET_SECONDS} s",
+        f"{median / QUERY_TARGET_SECONDS:.2f}", PASS if median <= QUERY_TARGET_SECONDS else FAIL,
+        "views built from template.yaml, the archive already in the local cache (tools/bench_query.py)")]
+    return rows, data
+
+
 def print_table(rows: list[Row]) -> None:
     headers = ["benchmark", "measured: median [min-max]", "target", "ratio", "result"]
     cells = [[r.benchmark, r.measured, r.target, r.ratio, r.result] for r in rows]
@@ -273,8 +291,8 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per timed benchmark (median, min, max)")
-    parser.add_argument("--only", default="tap,coldstart,cost,budget,pod",
-                        help="comma-separated subset of: tap, coldstart, cost, budget, pod")
+    parser.add_argument("--only", default="tap,coldstart,cost,budget,pod,query",
+                        help="comma-separated subset of: tap, coldstart, cost, budget, pod, query")
     parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "results.json", help="where to save the data")
     args = parser.parse_args(argv)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -286,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     tap_data = None
     steps = [("tap", lambda: bench_tap(args.runs)), ("coldstart", lambda: bench_coldstart(args.runs)),
              ("cost", lambda: bench_cost(tap_data)), ("budget", lambda: bench_budget(tap_data)),
-             ("pod", lambda: bench_pod(args.runs))]
+             ("pod", lambda: bench_pod(args.runs)), ("query", lambda: bench_query(args.runs))]
     for name, step in steps:
         if name not in wanted:
             continue

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -160,6 +161,12 @@ def main() -> int:
             print(f"  S3 {source}: {records} records in {objects} objects (gzip NDJSON)")
         print(f"  Kinesis {outputs['EventStreamName']}: {stream_records} records")
         ok = {"source=tap", "source=casb", "source=pod"} <= set(per_source) and stream_records > 0
+        say("hunting over what was collected (ppctl query: DuckDB over the archive, the stack's Athena SQL)")
+        with tempfile.TemporaryDirectory(prefix="ppctl-demo-cache-") as cache:
+            for query in ("collection-completeness", "most-attacked-people"):
+                result = ppctl("query", query, "--since", "2h", "--cache-dir", cache, quiet=True)
+                lines = result.stdout.splitlines()
+                print("\n".join(lines[:13]) + (f"\n  ... {len(lines) - 13} more rows" if len(lines) > 13 else ""))
         print("\ndemo finished: " + ("events flowed into S3 and Kinesis" if ok else "NO DATA LANDED"))
         return 0 if ok else 1
     finally:

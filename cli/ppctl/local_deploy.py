@@ -75,6 +75,10 @@ EMULATOR_UNSUPPORTED_TYPES = frozenset(
         "AWS::SNS::Subscription",  # the optional alarm e-mail
         "AWS::SNS::TopicPolicy",  # CloudWatch's permission to publish alarms
         "AWS::Logs::QueryDefinition",  # saved queries; ppctl logs sends its own query
+        "AWS::Glue::Database",  # the archive tables: ppctl query reads them from the template (DuckDB)
+        "AWS::Glue::Table",
+        "AWS::Athena::WorkGroup",  # Athena runs no SQL in the emulator; ppctl query uses DuckDB locally
+        "AWS::Athena::NamedQuery",  # the hunting queries: ppctl query reads the same SQL from its package
     }
 )
 # Resource types moto 5.2.5's CloudFormation creates but cannot update: an update that changes

@@ -901,6 +901,11 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--out", metavar="FILE", help="write it to FILE (default: stdout)")
     env.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"), help=template_help)
     env.set_defaults(func=cmd_local_env_vars)
+
+    from . import query_cmd, replay  # analytics: query and replay
+
+    query_cmd.register(sub, common)
+    replay.register(sub, common)
     return parser
 
 

@@ -3,9 +3,12 @@
 A poll opens one *batch* per window (or PoD flush), adds records, then ``commit()``s. ``commit``
 returns only when every selected sink acknowledged everything; only then may the cursor advance.
 
-- S3: one gzip NDJSON object per (batch, event type, received hour, 64 MiB of records), under
-  ``proofpoint/source=<src>/instance=<name>/event_type=<type>/dt=<YYYY-MM-DD>/hour=<HH>/``. The object
-  name is derived from the batch name, so a retried window overwrites its own objects.
+- S3: one gzip NDJSON object per (batch, event type, received hour, 64 MiB of records), named
+  ``proofpoint/source=<src>/event_type=<type>/dt=<YYYY-MM-DD>/hour=<HH>/<instance>.<batch>_<part>.json.gz``.
+  The instance is part of the object name, not a folder: the Athena tables project ``event_type``,
+  ``dt`` and ``hour`` (known values) and read the instance from the record, so every partition folder
+  holds its objects directly. The name is derived from the batch name, so a retried window overwrites
+  its own objects.
 - Kinesis: ``PutRecords`` of at most 500 records / 5 MiB; only failed entries are retried, with
   backoff and a cap; partition key is the record ``id``. A record over the 1 MiB limit is written to
   S3 and its Kinesis record carries ``s3_uri`` instead of ``raw``.
@@ -17,6 +20,7 @@ import contextlib
 import gzip
 import json
 import random
+import re
 import tempfile
 import time
 from collections import deque
@@ -60,12 +64,47 @@ class Sink(Protocol):
     def open_batch(self, batch: BatchInfo) -> BatchWriter: ...
 
 
-def partition_prefix(source: str, instance: str, event_type: str, received_hour: str) -> str:
+def partition_path(source: str, event_type: str, received_hour: str) -> str:
+    """The partition folder (``received_hour`` is ``YYYY-MM-DDTHH``, UTC) that the Athena tables project."""
     day, hour = received_hour.split("T")
-    return (
-        f"proofpoint/source={SOURCE_SHORT.get(source, source)}/instance={instance}/event_type={event_type}/"
-        f"dt={day}/hour={hour}/"
-    )
+    return f"proofpoint/source={SOURCE_SHORT.get(source, source)}/event_type={event_type}/dt={day}/hour={hour}/"
+
+
+def partition_prefix(source: str, instance: str, event_type: str, received_hour: str) -> str:
+    """The key prefix of one instance's objects in one partition; the batch name and part follow.
+
+    Instance names never contain a dot (state.validate_name), so ``<instance>.`` selects exactly one
+    instance when listing a partition."""
+    return f"{partition_path(source, event_type, received_hour)}{instance}."
+
+
+ARCHIVE_KEY = re.compile(
+    r"^proofpoint/source=(?P<source>[a-z]+)/event_type=(?P<event_type>[A-Za-z]+)/dt=(?P<dt>\d{4}-\d{2}-\d{2})/"
+    r"hour=(?P<hour>\d{2})/(?P<instance>[a-z0-9_-]+)\.(?P<batch>[^/]+)_(?P<part>\d{4})\.json\.gz$"
+)
+
+
+@dataclass(frozen=True)
+class ArchiveKey:
+    """An archive object's key, parsed (the inverse of ``partition_prefix`` + batch name + part)."""
+
+    key: str
+    source: str  # tap | casb | pod
+    event_type: str
+    dt: str
+    hour: str
+    instance: str
+    batch: str
+    part: int
+
+
+def parse_archive_key(key: str) -> ArchiveKey | None:
+    """The parts of an archive object key; None for anything else (oversize copies, foreign objects)."""
+    match = ARCHIVE_KEY.match(key)
+    if match is None:
+        return None
+    parts = match.groupdict()
+    return ArchiveKey(key=key, part=int(parts.pop("part")), **parts)
 
 
 class _Compressor:

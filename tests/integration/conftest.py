@@ -89,11 +89,20 @@ class StackReader:
         self.kinesis = boto3.client("kinesis")
         self.ddb = boto3.client("dynamodb")
 
-    def s3_records(self, prefix: str) -> list[dict[str, Any]]:
+    def s3_records(self, source: str, instance: str | None = None,
+                   event_type: str | None = None) -> list[dict[str, Any]]:
+        """The archived records of one source (``tap``/``casb``/``pod``), optionally of one instance
+        and event type, read from the object keys the way ``ppctl query``/``replay`` select them."""
+        from ppcollector.sinks import parse_archive_key
+
         records = []
         paginator = self.s3.get_paginator("list_objects_v2")
+        prefix = f"proofpoint/source={source}/" + (f"event_type={event_type}/" if event_type else "")
         for page in paginator.paginate(Bucket=self.outputs["RawBucketName"], Prefix=prefix):
             for obj in page.get("Contents", []):
+                parsed = parse_archive_key(obj["Key"])
+                if parsed is None or (instance is not None and parsed.instance != instance):
+                    continue
                 body = self.s3.get_object(Bucket=self.outputs["RawBucketName"], Key=obj["Key"])["Body"].read()
                 records += [json.loads(line) for line in gzip.decompress(body).splitlines() if line]
         return records

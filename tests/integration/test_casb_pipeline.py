@@ -60,7 +60,7 @@ def test_alerts_and_events_land_exactly_once_through_expiry_late_alerts_429_and_
         if outcome.get("state") == "Active" and outcome.get("events") == 0:
             break
     assert -9 in codes and 1 in codes  # the crash and the 429 really happened
-    landed = stack_reader.s3_records(f"proofpoint/source=casb/instance={name}/")
+    landed = stack_reader.s3_records("casb", name)
     alerts = [r for r in landed if r["event_type"] == "alert"]
     events = [r for r in landed if r["event_type"] == "event"]
     # Exactly once by id in S3.

@@ -81,7 +81,7 @@ def test_no_event_lost_or_duplicated_in_s3(deployed_stack, stack_reader, sim, tm
                 and "interval" in r["query"]]
     start = min(parse_timestamp(r["query"]["interval"][0].split("/")[0]) for r in requests)
     expected = Counter(canonical_json(e) for _, e in sim.expected_events(start, end))
-    landed = stack_reader.s3_records(f"proofpoint/source=tap/instance={name}/")
+    landed = stack_reader.s3_records("tap", name)
     in_s3 = Counter(canonical_json(r["raw"]) for r in landed)
     lost = sum((expected - in_s3).values())
     duplicates = sum(n - 1 for n in Counter(r["id"] for r in landed).values() if n > 1)
@@ -134,7 +134,7 @@ def test_casb_crash_at_every_boundary_loses_nothing(deployed_stack, stack_reader
         if successes == 2:
             break
     assert successes == 2, result.stderr[-500:]
-    landed = stack_reader.s3_records(f"proofpoint/source=casb/instance={name}/")
+    landed = stack_reader.s3_records("casb", name)
     alerts = [r for r in landed if r["event_type"] == "alert"]
     events = [r for r in landed if r["event_type"] == "event"]
     alert_ms = [r["raw"]["timestamp"] for r in alerts]

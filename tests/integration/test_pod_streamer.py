@@ -106,7 +106,7 @@ def flushed_positions(state: StateStore, name: str) -> dict[str, str | None]:
 def landed(stack_reader, name: str) -> tuple[Counter, set[str]]:
     """(event_type, vendor id) counts in S3; record ids in Kinesis (an oversize record has no raw)."""
     s3 = Counter((r["event_type"], r["raw"][ID_KEY[r["event_type"]]])
-                 for r in stack_reader.s3_records(f"proofpoint/source=pod/instance={name}/"))
+                 for r in stack_reader.s3_records("pod", name))
     kinesis = {r["id"] for r in stack_reader.kinesis_records() if r.get("instance") == name}
     return s3, kinesis
 
@@ -170,7 +170,7 @@ def test_streamer_process_survives_drops_409s_sigkills_and_a_two_hour_gap_exactl
     stats = sim.stats()
     assert max(stats["max_concurrent_sessions"].values()) == 1
     assert stats["faults_applied"].get("large_frame") == 1
-    big = [r for r in stack_reader.s3_records(f"proofpoint/source=pod/instance={name}/event_type=message/")
+    big = [r for r in stack_reader.s3_records("pod", name, "message")
            if len(json.dumps(r["raw"])) > 4_000_000]
     assert len(big) == 1, "the 5 MB frame passed, once"
     text = logs.read_text()

@@ -79,7 +79,7 @@ def test_three_hours_of_catch_up_through_faults_and_a_crash_lose_nothing(deploye
     start = min(parse_timestamp(r["query"]["interval"][0].split("/")[0]) for r in requests)
     assert end - start >= timedelta(hours=3)
     expected = Counter(canonical_json(e) for _, e in sim.expected_events(start, end))
-    landed = stack_reader.s3_records(f"proofpoint/source=tap/instance={name}/")
+    landed = stack_reader.s3_records("tap", name)
     assert len(expected) > 500
     assert Counter(canonical_json(r["raw"]) for r in landed) == expected  # every event, exactly once
     assert len({r["id"] for r in landed}) == len(landed)
@@ -100,7 +100,7 @@ def test_sample_events_run_through_local_invoke(deployed_stack, stack_reader, si
     assert single.returncode == 0, single.stderr
     [outcome] = json.loads(single.stdout)["outcomes"]
     assert outcome["instance"] == "demo-tap" and outcome["polled"] and outcome["state"] == "Active"
-    assert stack_reader.s3_records("proofpoint/source=tap/instance=demo-tap/")
+    assert stack_reader.s3_records("tap", "demo-tap")
 
 
 def test_instance_lifecycle_and_validation_messages(deployed_stack, sim):

@@ -232,7 +232,7 @@ def test_a_new_backfill_replaces_the_finished_one(clock, sim, session):
 # --- a crash between the sink write and the cursor write -----------------------------------------------
 
 def backfill_keys(s3) -> list[str]:
-    return [k for k in s3.objects if "/backfill-" in k]
+    return [k for k in s3.objects if ".backfill-" in k]  # <instance>.<batch name>_<part>.json.gz
 
 
 def test_a_crash_in_an_alerts_backfill_window_rewrites_the_same_objects(monkeypatch):
@@ -248,7 +248,7 @@ def test_a_crash_in_an_alerts_backfill_window_rewrites_the_same_objects(monkeypa
     with pytest.raises(Killed):
         poll(deps)
     [crashed_key] = backfill_keys(s3)
-    assert "/hour=12/backfill-alerts_" in crashed_key
+    assert "/hour=12/acme.backfill-alerts_" in crashed_key
     marker = deps.state.get_cursor("acme", "backfill-alerts").data["pending"]
     assert (marker["from"], marker["to"]) == (to_ms(since), to_ms(until))
     first = s3.objects[crashed_key]
@@ -282,7 +282,7 @@ def test_a_crash_in_an_events_backfill_page_rewrites_the_same_object(monkeypatch
     restart_after_kill()
     puts_before = len(s3.puts)
     poll_until_done(deps, ["backfill-events"])
-    assert [k for k in s3.puts[puts_before:] if "/backfill-" in k][0] == crashed_key  # after the live page
+    assert [k for k in s3.puts[puts_before:] if ".backfill-" in k][0] == crashed_key  # after the live page
     assert {r["received_time"] for r in s3.objects[crashed_key]} == received
     assert set(keys_before) <= set(backfill_keys(s3))
     ids = [r["raw"]["eventId"] for k in backfill_keys(s3) for r in s3.objects[k]]

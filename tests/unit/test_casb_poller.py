@@ -786,7 +786,7 @@ def test_a_crash_after_an_events_page_write_rewrites_the_same_object(monkeypatch
     crashed_request = session.calls[-1].params
     pending = deps.state.get_cursor("acme", "events").data["pending"]
     assert pending["request"] == crashed_request and pending["fetched_at"] == format_rfc3339(clock.now)
-    assert "/hour=12/" in crashed_key and crashed_key.endswith(f"/{pending['batch']}_0000.json.gz")
+    assert "/hour=12/" in crashed_key and crashed_key.endswith(f"/acme.{pending['batch']}_0000.json.gz")
     first = {r["id"]: r for r in s3.objects[crashed_key]}
     clock.advance(hours=1)  # the page time of the re-read is in another hour
     restart_after_kill()

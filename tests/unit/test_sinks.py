@@ -67,10 +67,10 @@ def test_s3_objects_are_gzip_ndjson_under_the_contract_partitions():
     writer.add(record(9, event_type="clicksBlocked"))
     assert writer.commit() == {"s3_objects": 2, "s3_records": 4}
     assert sorted(s3.objects) == [
-        "proofpoint/source=tap/instance=acme/event_type=clicksBlocked/dt=2026-11-20/hour=13/"
-        "all_20261120T120000Z_20261120T130000Z_0000.json.gz",
-        "proofpoint/source=tap/instance=acme/event_type=messagesDelivered/dt=2026-11-20/hour=13/"
-        "all_20261120T120000Z_20261120T130000Z_0000.json.gz",
+        "proofpoint/source=tap/event_type=clicksBlocked/dt=2026-11-20/hour=13/"
+        "acme.all_20261120T120000Z_20261120T130000Z_0000.json.gz",
+        "proofpoint/source=tap/event_type=messagesDelivered/dt=2026-11-20/hour=13/"
+        "acme.all_20261120T120000Z_20261120T130000Z_0000.json.gz",
     ]
     lines = gunzip_lines(s3.objects[sorted(s3.objects)[1]])
     assert [line["raw"]["n"] for line in lines] == [0, 1, 2]

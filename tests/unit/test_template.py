@@ -232,8 +232,11 @@ def test_raw_bucket_lifecycle(template, resources):
     rules = resources["RawBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     unconditional = [r for r in rules if "Fn::If" not in r]
     assert any(r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") == 7 for r in unconditional)
-    # Expiration exists only when RawRetentionDays is not 0 (0 keeps objects forever).
-    assert not any("ExpirationInDays" in r for r in unconditional)
+    # Expiration of the archive exists only when RawRetentionDays is not 0 (0 keeps objects forever);
+    # Athena's query results (athena-results/) are working copies and expire after 30 days.
+    assert not any("ExpirationInDays" in r for r in unconditional if r.get("Prefix") != "athena-results/")
+    (results,) = [r for r in unconditional if r.get("Prefix") == "athena-results/"]
+    assert results["ExpirationInDays"] == 30
     (expiring,) = [r["Fn::If"] for r in rules if "Fn::If" in r]
     assert expiring[0] == "HasRawRetention"
     assert expiring[1]["ExpirationInDays"] == {"Ref": "RawRetentionDays"}
@@ -432,3 +435,28 @@ def test_every_checkov_skip_is_justified_next_to_its_resource(resources):
     assert skips, "the template documents its checkov suppressions"
     for name, skip in skips:
         assert skip["id"].startswith(("CKV_", "CKV2_")) and len(skip.get("comment", "")) > 40, (name, skip)
+
+
+# --- analytics (issue 11) ---------------------------------------------------------------------------
+
+def test_hunting_workgroup_enforces_encrypted_results_and_a_scan_limit(template, resources):
+    config = resources["AnalyticsWorkGroup"]["Properties"]["WorkGroupConfiguration"]
+    assert config["EnforceWorkGroupConfiguration"] is True
+    assert config["BytesScannedCutoffPerQuery"] == {"Ref": "AthenaBytesScannedCutoff"}
+    assert config["ResultConfiguration"]["OutputLocation"] == {"Fn::Sub": "s3://${RawBucket}/athena-results/"}
+    assert config["ResultConfiguration"]["EncryptionConfiguration"]["EncryptionOption"] == "SSE_S3"
+    assert template["Parameters"]["AthenaBytesScannedCutoff"]["Default"] == 10 * 1024**3
+
+
+def test_analyst_policy_is_scoped_to_this_stacks_database_tables_workgroup_and_prefixes(resources):
+    statements = resources["AnalystPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    by_sid = {s["Sid"]: s for s in statements}
+    assert by_sid["RunQueriesInTheWorkgroup"]["Resource"]["Fn::Sub"].endswith(":workgroup/${AWS::StackName}-hunting")
+    glue = by_sid["ReadTheTableDefinitions"]["Resource"]
+    assert glue[1]["Fn::Sub"][0].endswith(":database/${Database}")
+    assert glue[2]["Fn::Sub"][0].endswith(":table/${Database}/*")
+    assert glue[1]["Fn::Sub"][1]["Database"] == resources["AnalyticsDatabase"]["Properties"]["DatabaseInput"]["Name"]
+    assert by_sid["ReadTheArchive"]["Resource"] == {"Fn::Sub": "${RawBucket.Arn}/proofpoint/*"}
+    assert by_sid["WriteAndReadQueryResults"]["Resource"] == {"Fn::Sub": "${RawBucket.Arn}/athena-results/*"}
+    assert all(not str(a).endswith("*") for s in statements for a in s["Action"]
+               if isinstance(s["Action"], list))
