@@ -12,7 +12,7 @@ from typing import Any
 from .engines import ArchiveCache, AthenaEngine, DuckDbEngine, Result, cell_text, default_cache_dir, human_bytes
 from .hunting import TEMPLATE, NamedQuery, QueryError, QueryWindow, load_named_queries, load_tables, parameter_values
 from .local_deploy import endpoint_is_loopback
-from .main import CliError, load_stack, print_table
+from .main import CliError, aws_session, load_stack, print_table
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -61,10 +61,10 @@ def _query(args: argparse.Namespace) -> int:
     query = named or NamedQuery("sql", "", args.query, [])
     values = parameter_values(query, window, {"instance": args.instance, "campaign": args.campaign,
                                               "qid": args.qid, "sender": args.sender})
-    stack = load_stack(args.stack)
+    stack = load_stack(args)
     engine = args.engine or ("duckdb" if endpoint_is_loopback(stack.clients["s3"].meta.endpoint_url) else "athena")
     if engine == "athena":
-        result = _athena(stack).run(query.sql, values)
+        result = _athena(stack, args).run(query.sql, values)
     else:
         result = _duckdb(args, stack, window).run(query.sql, values)
     _emit(args, result)
@@ -76,14 +76,12 @@ def _query(args: argparse.Namespace) -> int:
 _WINDOW = {"--since_day", "--until_day", "--since", "--until", "--instance"}
 
 
-def _athena(stack: Any) -> AthenaEngine:
-    import boto3
-
+def _athena(stack: Any, args: argparse.Namespace) -> AthenaEngine:
     try:
         workgroup, database = stack.outputs["AthenaWorkGroupName"], stack.outputs["AnalyticsDatabaseName"]
     except KeyError as exc:
         raise CliError(f"stack {stack.name} has no output {exc.args[0]}: deploy this version first") from exc
-    return AthenaEngine(boto3.session.Session().client("athena"), workgroup, database.lower())
+    return AthenaEngine(aws_session(args.region).client("athena"), workgroup, database.lower())
 
 
 def _duckdb(args: argparse.Namespace, stack: Any, window: QueryWindow) -> DuckDbEngine:

@@ -60,7 +60,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     validate_name(args.name)
     window = QueryWindow.parse(args.since, args.until)
-    stack = load_stack(args.stack)
+    stack = load_stack(args)
     bucket, stream = stack.outputs.get("RawBucketName"), stack.outputs.get("EventStreamName")
     if not bucket or not stream:
         raise QueryError(f"stack {stack.name} has no archive bucket or stream (SinkMode both needed for a replay)")
