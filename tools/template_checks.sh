@@ -62,4 +62,26 @@ check "layer has aws_lambda_powertools and requests" \
     test -f "$layer/aws_lambda_powertools/__init__.py" -a -f "$layer/requests/__init__.py"
 check "function artifact has app.py" test -f "$work/build/TapPollerFunction/app.py"
 
+# Every distribution the build put into the layer has the version shared/constraints.txt pins
+# (without -c, pip took the newest certifi and charset-normalizer on the day of the build).
+layer_pins() {
+    python3 - "$1" shared/constraints.txt <<'PY'
+import pathlib, re, sys
+pins = {}
+for line in pathlib.Path(sys.argv[2]).read_text().splitlines():
+    line = line.split("#", 1)[0].strip()
+    if line:
+        name, _, version = line.partition("==")
+        pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+built = {}
+for info in pathlib.Path(sys.argv[1]).glob("*.dist-info"):
+    name, version = info.name[:-len(".dist-info")].rsplit("-", 1)
+    built[re.sub(r"[-_.]+", "-", name).lower()] = version
+wrong = {name: (version, pins.get(name)) for name, version in built.items() if pins.get(name) != version}
+print("built:", sorted(built.items()))
+sys.exit(f"layer versions differ from the pins (built, pinned): {wrong}" if wrong or not built else 0)
+PY
+}
+check "layer packages are exactly the pinned versions" layer_pins "$layer"
+
 echo "template checks passed"

@@ -171,7 +171,6 @@ def test_tap_poller_policies_are_inline_and_scoped(template):
     }
     assert by_sid["RawBucketWrite"]["Resource"] == {"Fn::Sub": "${RawBucket.Arn}/proofpoint/*"}
     assert by_sid["EventStreamWrite"]["Resource"] == {"Fn::GetAtt": ["EventStream", "Arn"]}
-    assert "kms:ViaService" in by_sid["EventStreamEncrypt"]["Condition"]["StringEquals"]
     assert by_sid["InstanceSecretsRead"]["Action"] == "secretsmanager:GetSecretValue"
     assert by_sid["InstanceSecretsRead"]["Resource"]["Fn::Sub"].endswith(
         ":secret:proofpoint-collector/${AWS::StackName}/*"
@@ -181,7 +180,7 @@ def test_tap_poller_policies_are_inline_and_scoped(template):
 def test_kinesis_grants_only_when_kinesis_is_a_sink(template):
     statements = template["Resources"]["TapPollerFunction"]["Properties"]["Policies"][0]["Statement"]
     conditional = {item["Fn::If"][1]["Sid"]: item["Fn::If"][0] for item in statements if "Fn::If" in item}
-    assert conditional == {"EventStreamWrite": "UsesKinesis", "EventStreamEncrypt": "UsesKinesis"}
+    assert conditional == {"EventStreamWrite": "UsesKinesis"}
     assert template["Conditions"]["UsesKinesis"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "SinkMode"}, "s3"]}]}
 
 
@@ -293,8 +292,8 @@ def test_tap_poller_function(template, resources):
     assert properties["Layers"] == [{"Ref": "SharedLayer"}]
 
 
-def test_tap_poller_runs_every_minute_without_retries(resources):
-    properties = resources["TapPollerFunction"]["Properties"]
+def test_tap_poller_runs_every_minute_without_retries(template):
+    properties = _function_properties(template, "TapPollerFunction")
     schedules = [e["Properties"] for e in properties["Events"].values() if e["Type"] == "ScheduleV2"]
     assert len(schedules) == 1
     assert schedules[0]["ScheduleExpression"] == "rate(1 minute)"
@@ -371,7 +370,7 @@ def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(resources):
     assert resources["AlarmEmailSubscription"]["Condition"] == "HasAlarmEmail"
 
 
-def test_every_alarm_the_runbook_names_exists_and_notifies_the_topic(resources):
+def test_the_documented_alarms_watch_the_right_metrics(resources):
     alarms = _alarms(resources)
     expected = {
         "TapPollerErrorsAlarm": ("AWS/Lambda", "Errors"),
@@ -460,3 +459,235 @@ def test_analyst_policy_is_scoped_to_this_stacks_database_tables_workgroup_and_p
     assert by_sid["WriteAndReadQueryResults"]["Resource"] == {"Fn::Sub": "${RawBucket.Arn}/athena-results/*"}
     assert all(not str(a).endswith("*") for s in statements for a in s["Action"]
                if isinstance(s["Action"], list))
+
+# --- Globals: what the pollers share (issue 10) -----------------------------------------------------
+
+SHARED_POLLER_ENVIRONMENT = {
+    "POWERTOOLS_SERVICE_NAME": "proofpoint-collector",
+    "POWERTOOLS_METRICS_NAMESPACE": "ProofpointCollector",
+    "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
+    "STATE_TABLE": {"Ref": "StateTable"},
+    "RAW_BUCKET": {"Ref": "RawBucket"},
+    "EVENT_STREAM": {"Ref": "EventStream"},
+    "SINKS": {"Ref": "SinkMode"},
+    "SECRET_PREFIX": {"Fn::Sub": "proofpoint-collector/${AWS::StackName}"},
+    "DISPATCH_MODE": "lambda",
+}
+# What each deployed poller gets (after the SAM transform): moving shared properties to Globals must
+# not change any of it.
+DEPLOYED_POLLERS = {
+    "TapPollerFunction": {
+        "FunctionName": {"Fn::Sub": "${AWS::StackName}-tap-poller"}, "Handler": "app.handler", "MemorySize": 512,
+        "EphemeralStorage": {"Size": 2048},
+        "Environment": {"Variables": {**SHARED_POLLER_ENVIRONMENT,
+                                      "TAP_DEFAULT_SETTLE_LAG_SECONDS": {"Ref": "TapSettleLagSeconds"},
+                                      "TAP_RATE_LIMIT_PER_DAY": {"Ref": "TapRateLimitPerDay"}}},
+    },
+    "CasbPollerFunction": {
+        "FunctionName": {"Fn::Sub": "${AWS::StackName}-casb-poller"}, "Handler": "app.handler", "MemorySize": 256,
+        "Environment": {"Variables": SHARED_POLLER_ENVIRONMENT},
+    },
+}
+DEPLOYED_POLLER_COMMON = {
+    "Runtime": "python3.14", "Architectures": ["arm64"], "Timeout": 300, "TracingConfig": {"Mode": "Active"},
+    "ReservedConcurrentExecutions": {"Fn::If": ["HasReservedConcurrency", {"Ref": "PollerReservedConcurrency"},
+                                                {"Ref": "AWS::NoValue"}]},
+}
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict[str, Any]:
+    return transform(TEMPLATE, parameter_values={"PodImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/r:1"})
+
+
+@pytest.mark.parametrize("logical_id", sorted(DEPLOYED_POLLERS))
+def test_each_deployed_poller_keeps_its_properties_with_globals(transformed, logical_id):
+    resources = transformed["Resources"]
+    properties = resources[logical_id]["Properties"]
+    expected = {**DEPLOYED_POLLER_COMMON, **DEPLOYED_POLLERS[logical_id]}
+    assert {key: properties.get(key) for key in expected} == expected
+    assert "EphemeralStorage" in properties or "EphemeralStorage" not in expected  # only TAP spools to /tmp
+    (layer,) = properties["Layers"]
+    assert resources[layer["Ref"]]["Type"] == "AWS::Lambda::LayerVersion"
+    invoke_config = resources[f"{logical_id}EventInvokeConfig"]["Properties"]
+    assert invoke_config["MaximumRetryAttempts"] == 0 and invoke_config["FunctionName"] == {"Ref": logical_id}
+
+
+def test_poller_blocks_hold_only_what_differs(template):
+    """Shared settings live once in Globals; a poller's own block has its handler, schedule, policies."""
+    shared = set(template["Globals"]["Function"])
+    assert {"Runtime", "Architectures", "Tracing", "Timeout", "Layers", "Environment", "EventInvokeConfig",
+            "ReservedConcurrentExecutions"} <= shared
+    for logical_id in DEPLOYED_POLLERS:
+        own = template["Resources"][logical_id]["Properties"]
+        assert not (set(own) & (shared - {"Environment"})), logical_id
+        assert not set(own.get("Environment", {}).get("Variables", {})) & set(SHARED_POLLER_ENVIRONMENT)
+        assert {"Handler", "Events", "Policies"} <= set(own)
+
+
+# --- IAM and the PoD task (issue 13) -----------------------------------------------------------------
+
+def test_no_stack_role_is_granted_kms_on_any_key(template):
+    """The stream uses the AWS managed key, usable through Kinesis by the account's principals: no kms grant."""
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::KMS::Key":
+            continue  # a key policy, not a grant to a role
+        for statement in _statements(resource):
+            assert not any(a.startswith("kms:") for a in _as_list(statement["Action"])), (logical_id, statement)
+
+
+@pytest.mark.parametrize("role", ["PodExecutionRole", "PodTaskRole"])
+def test_pod_roles_trust_ecs_only_for_this_account(resources, role):
+    (trust,) = resources[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_pod_container_drops_every_linux_capability_and_writes_only_tmp(resources):
+    (container,) = resources["PodTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert container["LinuxParameters"]["Capabilities"]["Drop"] == ["ALL"]
+    assert "Add" not in container["LinuxParameters"]["Capabilities"]
+    assert container["ReadonlyRootFilesystem"] is True
+
+
+def test_pod_image_repository_expires_old_images_and_is_removed_with_the_stack(resources):
+    import json
+
+    repository = resources["PodImageRepository"]
+    assert repository.get("DeletionPolicy", "Delete") == "Delete"
+    assert repository["Properties"]["EmptyOnDelete"] is True  # images would otherwise block the delete
+    rules = json.loads(repository["Properties"]["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
+    by_status = {rule["selection"]["tagStatus"]: rule for rule in rules}
+    assert all(rule["action"]["type"] == "expire" for rule in rules)
+    assert by_status["untagged"]["selection"]["countType"] == "sinceImagePushed"
+    assert by_status["any"]["selection"]["countType"] == "imageCountMoreThan"
+    assert 2 <= by_status["any"]["selection"]["countNumber"] <= 50
+    # ECR requires the "any" rule to be evaluated last.
+    assert by_status["any"]["rulePriority"] == max(rule["rulePriority"] for rule in rules)
+
+
+# --- two stacks in one account and region -------------------------------------------------------------
+
+# Where a resource type keeps its physical name when it is not a top-level *Name property.
+NESTED_NAMES = {"AWS::Glue::Database": ("DatabaseInput", "Name"), "AWS::ECS::TaskDefinition": ("Family",)}
+# Top-level *Name properties that are not the resource's own physical name.
+NOT_NAMES = {"MetricName", "DisplayName", "GroupDescription"}
+
+
+def _physical_names(cfn: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    names: dict[tuple[str, str], Any] = {}
+    for logical_id, resource in cfn["Resources"].items():
+        properties = resource.get("Properties", {})
+        for key, value in properties.items():
+            if (key == "Name" or key.endswith("Name")) and key not in NOT_NAMES:
+                names[(logical_id, key)] = value
+        path = NESTED_NAMES.get(resource["Type"])
+        if path:
+            value: Any = properties
+            for part in path:
+                value = value.get(part, {}) if isinstance(value, dict) else {}
+            if value != {}:
+                names[(logical_id, ".".join(path))] = value
+    return names
+
+
+def _resolve(value: Any, stack: str, cfn: dict[str, Any]) -> Any:
+    """Evaluate the intrinsics a name uses, as CloudFormation would for stack ``stack``.
+
+    A reference to another resource resolves to a name CloudFormation generates, which contains the
+    stack name; a parameter to its default.
+    """
+    import re
+
+    pseudo = {"AWS::StackName": stack, "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012",
+              "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+
+    def ref(name: str) -> str:
+        if name in pseudo:
+            return pseudo[name]
+        if name in cfn.get("Parameters", {}):
+            return str(cfn["Parameters"][name].get("Default", ""))
+        return f"{stack}-{name.split('.')[0]}-GENERATED"
+
+    if isinstance(value, dict) and len(value) == 1:
+        (function, argument), = value.items()
+        if function == "Ref":
+            return ref(argument)
+        if function == "Fn::GetAtt":
+            return ref(argument[0] if isinstance(argument, list) else argument)
+        if function == "Fn::Sub":
+            text, variables = (argument, {}) if isinstance(argument, str) else argument
+            return re.sub(r"\$\{([^}!]+)\}", lambda m: str(_resolve(variables[m[1]], stack, cfn))
+                          if m[1] in variables else ref(m[1]), text)
+        if function == "Fn::Join":
+            return argument[0].join(str(_resolve(part, stack, cfn)) for part in argument[1])
+        if function == "Fn::If":
+            return _resolve(argument[1], stack, cfn)
+    if isinstance(value, list):
+        return [_resolve(item, stack, cfn) for item in value]
+    return value
+
+
+def test_every_named_resource_is_unique_per_stack(transformed):
+    """Staging and prod deploy side by side: a fixed physical name would collide (or be taken over)."""
+    names = _physical_names(transformed)
+    assert {("TapPollerFunctionSchedule", "Name"), ("CasbPollerFunctionSchedule", "Name"),
+            ("TapPollerFunction", "FunctionName"), ("FlowDashboard", "DashboardName")} <= set(names)
+    clashes = {where: _resolve(value, "ppc-staging", transformed) for where, value in names.items()
+               if _resolve(value, "ppc-staging", transformed) == _resolve(value, "ppc-prod", transformed)}
+    assert clashes == {}
+
+
+def test_schedule_names_fit_the_scheduler_limits(transformed):
+    for logical_id in ("TapPollerFunctionSchedule", "CasbPollerFunctionSchedule"):
+        name = _resolve(transformed["Resources"][logical_id]["Properties"]["Name"], "proofpoint-collector", transformed)
+        assert len(name) <= 64 and name.startswith("proofpoint-collector-")
+
+
+# --- operations: runbook, PoD alarms, dashboards ---------------------------------------------------------
+
+def _readme_runbook_rows() -> set[str]:
+    """The alarm names in README's "Alarms and runbook" table (first column, in backticks)."""
+    import re
+
+    readme = (TEMPLATE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Alarms and runbook", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE))
+
+
+def test_every_alarm_points_to_a_runbook_row_that_exists(resources):
+    import re
+
+    rows = _readme_runbook_rows()
+    for logical_id, alarm in _alarms(resources).items():
+        match = re.search(r'Runbook: README "Alarms" - (\w+)\.', " ".join(alarm["AlarmDescription"].split()))
+        assert match, f"{logical_id} names no runbook entry"
+        assert match[1] in rows, f"{logical_id}: README has no row for {match[1]}"
+        assert logical_id == f"{match[1]}Alarm", f"{logical_id} points to another alarm's row ({match[1]})"
+
+
+def test_every_alarm_notifies_the_topic_when_it_fires_and_when_it_clears(resources):
+    for logical_id, alarm in _alarms(resources).items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], logical_id
+        assert alarm.get("OKActions") == [{"Ref": "AlarmTopic"}], logical_id
+
+
+def test_pod_has_failed_instance_and_lag_alarms(resources):
+    alarms = _alarms(resources)
+    for logical_id, metric in (("PodInstanceFailedAlarm", "InstancesFailed"), ("PodLagAlarm", "WorstCollectionLag")):
+        assert resources[logical_id]["Condition"] == "HasPodImage"
+        assert alarms[logical_id]["MetricName"] == metric
+        assert {d["Name"]: d["Value"] for d in alarms[logical_id]["Dimensions"]} == {
+            "connector": "pod", "service": "proofpoint-collector"}
+    assert alarms["PodLagAlarm"]["Threshold"] == {"Ref": "LagAlarmThresholdSeconds"}
+
+
+def test_dashboards_show_pod_series_and_status(resources):
+    import json
+
+    flow = json.dumps(json.loads(_sub_text(resources["FlowDashboard"]["Properties"]["DashboardBody"])))
+    why = json.dumps(json.loads(_sub_text(resources["WhyNotDashboard"]["Properties"]["DashboardBody"])))
+    assert '"InstancesFailed", ".", "pod"' in flow and '"InstancesActive", ".", "pod"' in flow
+    assert '["...", "pod", ".", "."]' in flow  # worst lag per connector
+    assert "connector,instance,service,type" in flow and "SecondsSinceLastMessage" in flow
+    assert "PodHeartbeat" in why and "Reconnects" in why
