@@ -33,6 +33,15 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
+def local_run(monkeypatch):
+    """Run as the local emulator setup does (http.running_locally): the AWS SDK endpoint on loopback.
+
+    Loopback endpoints (the simulators) and plain http/ws are then allowed; no AWS call is made to it.
+    """
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+
+
+@pytest.fixture
 def json_logs():
     """The Powertools logger's JSON lines, as a CloudWatch Logs subscriber would see them."""
     from ppcollector.observability import logger

@@ -34,7 +34,6 @@ import base64
 import copy
 import hashlib
 import io
-import ipaddress
 import json
 import logging
 import os
@@ -44,11 +43,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from ppcollector.http import is_loopback_url
 
 logger = logging.getLogger(__name__)
 
@@ -123,34 +123,10 @@ class _Artifact:
 # ---------------------------------------------------------------------------------------------
 
 
-def endpoint_is_loopback(url: str | None) -> bool:
-    """True only for an http(s) URL whose host is localhost or a loopback address."""
-    if not url:
-        return False
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not host:
-        return False
-    host = host.rstrip(".").lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # any other name could resolve anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
 def require_loopback(clients: Mapping[str, Any], action: str = "deploy") -> None:
     for service, client in clients.items():
         url = client.meta.endpoint_url
-        if not endpoint_is_loopback(url):
+        if not is_loopback_url(url):
             raise LocalDeployError(
                 f"refusing to {action}: the {service} endpoint {url} is not loopback "
                 "(set AWS_ENDPOINT_URL to the local emulator, e.g. http://127.0.0.1:5000)"

@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from .http import ENDPOINT_LOG_KEYS, endpoint_log_keys
 from .observability import COUNT, SECONDS, emit_metrics, logger
 from .spine import Connector, Deadline, Deps, Outcome, is_due, poll_instance
 from .state import DISABLED, FAILED, PENDING, Instance
@@ -64,7 +65,8 @@ class InlineDispatcher:
     def dispatch(self, connector: Connector, instances: list[Instance], deps: Deps, deadline: Deadline,
                  tick: str) -> list[Outcome]:
         def poll(instance: Instance) -> Outcome:
-            logger.thread_safe_append_keys(connector=connector.name, instance=instance.name)
+            logger.thread_safe_append_keys(connector=connector.name, instance=instance.name,
+                                           **endpoint_log_keys(instance.settings, connector.endpoints))
             try:
                 own = dataclasses.replace(deps, http=deps.new_http()) if deps.new_http else deps
                 return poll_instance(connector, instance, own, deadline, force=False)
@@ -73,7 +75,7 @@ class InlineDispatcher:
                 return Outcome(instance.name, "", True, error=f"{type(exc).__name__}: {exc}", raise_error=True,
                                error_class=type(exc).__name__)
             finally:
-                logger.thread_safe_remove_keys(["instance"])
+                logger.thread_safe_remove_keys(["instance", *ENDPOINT_LOG_KEYS])
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(poll, instances))

@@ -28,6 +28,7 @@ from .errors import (
     VendorAuthError,
     VendorError,
 )
+from .http import ENDPOINT_LOG_KEYS, VendorHosts, endpoint_log_keys
 from .observability import COUNT, SECONDS, emit_metrics, logger
 from .secrets import Credentials, SecretStore
 from .sinks import SinkSet
@@ -107,6 +108,7 @@ class Connector(Protocol):
     name: str  # "tap"
     source: str  # "proofpoint_tap"
     secret_fields: tuple[str, ...]
+    endpoints: dict[str, VendorHosts]  # endpoint setting -> Proofpoint's own hosts for it (http.py)
 
     def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -172,6 +174,9 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
     try:
         deps.state.update_status(name, lambda s: s.update(last_poll=format_rfc3339(now),
                                                            next_due=format_rfc3339(now + interval)))
+        # The stored settings are checked again before any credential is read: whoever can write the
+        # state table must not be able to point the poller at another endpoint (http.py).
+        instance.settings = connector.validate_settings(instance.settings)
         credentials = deps.secrets.get(instance.secret_id)
         connector.poll(PollContext(instance, credentials, deps, deadline, report))
     except CursorConflict as conflict:
@@ -332,11 +337,12 @@ def poll_one(connector: Connector, deps: Deps, deadline: Deadline, name: str, fo
     instance = deps.state.get_instance(name)
     if instance is None or instance.connector != connector.name:
         raise SettingsError(f"no {connector.name} instance named {name!r}")
-    logger.append_keys(connector=connector.name, instance=instance.name)
+    logger.append_keys(connector=connector.name, instance=instance.name,
+                       **endpoint_log_keys(instance.settings, connector.endpoints))
     try:
         return [poll_instance(connector, instance, deps, deadline, force=force)]
     finally:
-        logger.remove_keys(["instance"])
+        logger.remove_keys(["instance", *ENDPOINT_LOG_KEYS])
 
 
 class PollFailed(CollectorError):

@@ -11,8 +11,9 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from ppcollector.http import is_loopback_url
 from ppctl import local_deploy
-from ppctl.local_deploy import LocalDeployError, deploy, deploy_stack, endpoint_is_loopback, transform
+from ppctl.local_deploy import LocalDeployError, deploy, deploy_stack, transform
 from tests.unit.test_template import STACK_OUTPUTS  # what ppctl reads, one list
 
 pytestmark = pytest.mark.integration
@@ -212,7 +213,7 @@ def test_non_loopback_endpoint_is_refused_before_any_network_call(emulator, STAC
     ],
 )
 def test_endpoint_is_loopback(url, expected):
-    assert endpoint_is_loopback(url) is expected
+    assert is_loopback_url(url) is expected
 
 
 def test_emulator_adaptations_match_what_moto_supports():

@@ -33,6 +33,9 @@ from tests.unit.test_casb_poller import (
 )
 from tests.unit.test_casb_poller import _fresh_token_cache as _fresh_token_cache  # noqa: F401 (autouse)
 
+# The simulators (and the loopback placeholders) are on 127.0.0.1: run as the local setup does.
+pytestmark = pytest.mark.usefixtures("local_run")
+
 MS = timedelta(milliseconds=1)
 
 

@@ -35,6 +35,9 @@ from ppsim.httpserver import Request
 from tests.conftest import register_secret
 from tests.fakes import FakeClock, gunzip_lines, make_deps
 
+# The simulators (and the loopback placeholders) are on 127.0.0.1: run as the local setup does.
+pytestmark = pytest.mark.usefixtures("local_run")
+
 ROOT = Path(__file__).resolve().parents[2]
 CASB = CasbConnector()
 CLIENT_ID = "casb-client"

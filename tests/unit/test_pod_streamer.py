@@ -22,6 +22,9 @@ from ppsim.pod import MALFORMED_FRAME, PodSimulator
 from tests.conftest import register_secret
 from tests.fakes import MemorySink, make_deps
 
+# The simulators (and the loopback placeholders) are on 127.0.0.1: run as the local setup does.
+pytestmark = pytest.mark.usefixtures("local_run")
+
 TOKEN = register_secret("pod-unit-token-4c1d9e")
 WRONG_TOKEN = register_secret("pod-unit-wrong-77ab")
 CID = "acme_hosted"
@@ -358,8 +361,10 @@ def test_pending_marker_recovery_exact_in_s3_and_reput_to_kinesis(make_sim):
 
     sim = make_sim(events_per_minute=60)
     with moto.mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        kinesis = boto3.client("kinesis", region_name="us-east-1")
+        # moto's in-process mock answers AWS's own endpoints, not the loopback one local_run sets.
+        s3 = boto3.client("s3", region_name="us-east-1", endpoint_url="https://s3.us-east-1.amazonaws.com")
+        kinesis = boto3.client("kinesis", region_name="us-east-1",
+                               endpoint_url="https://kinesis.us-east-1.amazonaws.com")
         s3.create_bucket(Bucket="raw")
         kinesis.create_stream(StreamName="events", ShardCount=1)
         deps, _ = make_deps(utcnow, None)

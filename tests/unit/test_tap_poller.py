@@ -181,7 +181,7 @@ def test_invalid_event_types_are_refused_with_the_reason(value, message):
         TAP.validate_settings({"principal": "p", "event_types": value})
 
 
-def test_plain_http_endpoint_refused_unless_loopback():
+def test_plain_http_endpoint_refused_unless_loopback(local_run):
     with pytest.raises(SettingsError, match="only allowed for loopback"):
         TAP.validate_settings({"principal": "p", "base_url": "http://tap.example.com"})
     assert TAP.validate_settings({"principal": "p", "base_url": "http://127.0.0.1:8080"})["base_url"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ...crashpoints import AFTER_FETCH, AFTER_SINK_COMMIT, crashpoint
 from ...errors import SettingsError, VendorError, VendorRequestError, VendorThrottled, VendorTransientError
+from ...http import allow_custom_endpoint
 from ...observability import logger
 from ...records import build_record, canonical_json, derive_id
 from ...secrets import Credentials
@@ -39,6 +40,7 @@ from .settings import (
     BACKFILL_PREFIX,
     BUDGET_POOL,
     CALL_RESERVE_SECONDS,
+    CASB_HOSTS,
     EVENTS_STREAM,
     MAX_LOOKBACK,
     RECENT_EVENT_IDS,
@@ -57,19 +59,22 @@ class CasbConnector:
     name = "casb"
     source = SOURCE
     secret_fields = ("client_secret", "api_key")
+    endpoints = {"api_fqdn": CASB_HOSTS, "events_fqdn": CASB_HOSTS}
 
     def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         clean = dict(settings)
         unknown = set(clean) - set(SETTING_NAMES)
         if unknown:
             raise SettingsError(f"unknown CASB setting(s): {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join(SETTING_NAMES)})")
+                                '(README "CASB instance settings" lists the known ones)')
         client_id = str(clean.get("client_id", "")).strip()
         if not client_id:
             raise SettingsError("client_id (the CASB API client id) is required")
         clean["client_id"] = client_id
-        clean["api_fqdn"] = _endpoint_setting("api_fqdn", clean.get("api_fqdn", SETTINGS["api_fqdn"]))
-        clean["events_fqdn"] = _endpoint_setting("events_fqdn", clean.get("events_fqdn", SETTINGS["events_fqdn"]))
+        custom = allow_custom_endpoint(clean)
+        clean["api_fqdn"] = _endpoint_setting("api_fqdn", clean.get("api_fqdn", SETTINGS["api_fqdn"]), custom)
+        clean["events_fqdn"] = _endpoint_setting("events_fqdn", clean.get("events_fqdn", SETTINGS["events_fqdn"]),
+                                                 custom)
         clean["feeds"] = validate_feeds(clean.get("feeds", SETTINGS["feeds"]))
         duration_setting(clean, "poll_interval", SETTINGS["poll_interval"], timedelta(minutes=1), timedelta(hours=24))
         duration_setting(clean, "settle_lag", SETTINGS["settle_lag"], timedelta(0), timedelta(hours=1))

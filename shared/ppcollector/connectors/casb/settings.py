@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ...errors import SettingsError
-from ...http import check_endpoint
+from ...http import ALLOW_CUSTOM_ENDPOINT, VendorHosts, check_endpoint
 from ...settings import as_list
 
 SOURCE = "proofpoint_casb"
@@ -52,7 +52,15 @@ SETTINGS: dict[str, Any] = {
     "oauth_token_path": "/v2/apis/auth/oauth/token",
     "daily_call_limit": 1000,
 }
-SETTING_NAMES = ("client_id", *SETTINGS)
+SETTING_NAMES = ("client_id", *SETTINGS, ALLOW_CUSTOM_ENDPOINT)
+# Proofpoint's CASB hosts (casb.md §2.1, §3.1): the legacy API and its events host per region
+# (api[-siem][-us1|-au1|-stg|...].protect.proofpoint.com), and the tenant hosts of the newer platform
+# (auth_mode=oauth2: *.analyze.proofpoint.com, *.explore.proofpoint.com). Others need allow_custom_endpoint.
+CASB_HOSTS = VendorHosts(
+    "CASB", "https",
+    r"api(?:-siem)?(?:-[a-z0-9]{2,8})?\.protect\.proofpoint\.com"
+    r"|(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:analyze|explore)\.proofpoint\.com",
+    "api[-siem][-REGION].protect.proofpoint.com, or a *.analyze / *.explore.proofpoint.com tenant host")
 
 _HOST = re.compile(r"^(?=.{1,253}(?::\d{1,5})?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::\d{1,5})?$")
@@ -64,17 +72,17 @@ _PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 # --- settings -----------------------------------------------------------------------------------
 
-def _endpoint_setting(key: str, value: Any) -> str:
-    """A bare FQDN (``api-us1.protect.proofpoint.com``) or a URL; https only, except loopback hosts."""
+def _endpoint_setting(key: str, value: Any, allow_custom: bool) -> str:
+    """A bare FQDN (``api-us1.protect.proofpoint.com``) or a URL, under the endpoint rule (http.py)."""
     text = str(value).strip()
     if not text:
         raise SettingsError(f"{key} must not be empty")
     try:
         if "://" in text:
-            return check_endpoint(text)
+            return check_endpoint(text, CASB_HOSTS, allow_custom)
         if not _HOST.match(text):
             raise SettingsError(f"{key}={text!r} is neither a host name nor an https:// URL")
-        check_endpoint(f"https://{text}")
+        check_endpoint(f"https://{text}", CASB_HOSTS, allow_custom)
         return text.lower()
     except SettingsError as exc:
         raise SettingsError(f"{key}: {exc}") from exc

@@ -19,7 +19,7 @@ import websocket
 from websocket import ABNF
 
 from ...errors import VendorTransientError
-from ...http import USER_AGENT
+from ...http import USER_AGENT, open_websocket_socket
 from .handshake import handshake_error
 
 QUEUE_BYTES = 64 * 1024 * 1024  # frames waiting for the streamer; beyond this the reader pauses
@@ -89,11 +89,16 @@ class PodConnection:
 
     @classmethod
     def open(cls, url: str, token: str, event_type: str, timeout: float = 15.0) -> PodConnection:
-        """Handshake; a refusal raises the error its status means (connectors/pod.py)."""
+        """Handshake; a refusal raises the error its status means (handshake.py).
+
+        The socket is opened by the endpoint rule (http.open_websocket_socket: resolved and checked at
+        connect time, TLS verified for the URL's host); an address it refuses raises EndpointRefused.
+        """
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
         try:
+            sock = open_websocket_socket(url, timeout)
             ws.connect(url, header=[f"Authorization: Bearer {token}", f"User-Agent: {USER_AGENT}"],
-                       timeout=timeout, suppress_origin=True)
+                       timeout=timeout, suppress_origin=True, socket=sock)
         except websocket.WebSocketBadStatusException as exc:
             ws.shutdown()
             body = exc.resp_body.decode("iso-8859-1", "replace") if isinstance(exc.resp_body, bytes) else ""

@@ -10,16 +10,17 @@ from datetime import timedelta
 from typing import Any
 
 from ...errors import SettingsError
-from ...http import check_endpoint
+from ...http import allow_custom_endpoint, check_endpoint
 from ...secrets import Credentials
 from ...state import Instance
-from .settings import DEFAULT_TYPES, DEFAULT_URL, SETTINGS, SOURCE, stream_url, validate_types
+from .settings import DEFAULT_TYPES, DEFAULT_URL, POD_HOSTS, SETTINGS, SOURCE, stream_url, validate_types
 
 
 class PodConnector:
     name = "pod"
     source = SOURCE
     secret_fields = ("token",)
+    endpoints = {"url": POD_HOSTS}
 
     def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         clean = dict(settings)
@@ -35,7 +36,7 @@ class PodConnector:
             raise SettingsError(f"cluster_id {cluster_id!r} is not a valid cluster id")
         clean["cluster_id"] = cluster_id
         clean["types"] = validate_types(clean.get("types", DEFAULT_TYPES))
-        clean["url"] = check_endpoint(str(clean.get("url") or DEFAULT_URL), "wss")
+        clean["url"] = check_endpoint(str(clean.get("url") or DEFAULT_URL), POD_HOSTS, allow_custom_endpoint(clean))
         return clean
 
     def test_call(self, instance: Instance, credentials: Credentials, deps: Any) -> str:

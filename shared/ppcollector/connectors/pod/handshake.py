@@ -3,7 +3,14 @@ and ``ppctl`` can use it without websocket-client."""
 
 from __future__ import annotations
 
-from ...errors import VendorAccessError, VendorAuthError, VendorError, VendorRequestError, VendorTransientError
+from ...errors import (
+    SettingsError,
+    VendorAccessError,
+    VendorAuthError,
+    VendorError,
+    VendorRequestError,
+    VendorTransientError,
+)
 
 FATAL_STATUSES = (400, 401, 403, 404, 405)  # configuration errors: retried only slowly (docs/vendors/pod.md §1.6)
 
@@ -33,4 +40,5 @@ def handshake_error(status: int, body: str, event_type: str) -> VendorError:
 
 
 def is_fatal(exc: BaseException) -> bool:
-    return isinstance(exc, VendorError) and exc.http_status in FATAL_STATUSES
+    """A refusal that retrying soon will not change: a refused handshake, or an endpoint the rule refuses."""
+    return isinstance(exc, SettingsError) or (isinstance(exc, VendorError) and exc.http_status in FATAL_STATUSES)

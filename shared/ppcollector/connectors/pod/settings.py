@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ...errors import SettingsError
+from ...http import ALLOW_CUSTOM_ENDPOINT, VendorHosts
 from ...settings import as_list
 from ...timeutil import format_rfc3339
 
@@ -16,7 +17,9 @@ STREAM_PATH = "/v1/stream"
 TYPES = ("message", "maillog", "audit")
 DEFAULT_TYPES = ["message", "maillog"]
 ID_FIELD = {"message": "guid", "audit": "guid", "maillog": "id"}  # docs/vendors/pod.md §1.9
-SETTINGS = ("cluster_id", "types", "url")
+SETTINGS = ("cluster_id", "types", "url", ALLOW_CUSTOM_ENDPOINT)
+# Proofpoint's PoD Log API host (docs/vendors/pod.md §1.1); anything else needs allow_custom_endpoint.
+POD_HOSTS = VendorHosts("PoD", "wss", r"logstream\.proofpoint\.com", "logstream.proofpoint.com")
 MAX_LOOKBACK = timedelta(days=30)  # archive reads refuse older sinceTime with 400 (docs/vendors/pod.md §1.3)
 
 

@@ -275,7 +275,7 @@ class TypeStream:
             self._status(DEGRADED, f"{exc}; retrying in {delay:.0f}s")
             self._sleep(delay)
             return
-        except VendorError as exc:
+        except (VendorError, SettingsError) as exc:  # SettingsError: an address the endpoint rule refuses
             self._checkpoint(session_open=None)
             if is_fatal(exc):
                 self._status(FAILED, f"{exc}; retrying in {self.timing.failed_retry:.0f}s or when the settings "

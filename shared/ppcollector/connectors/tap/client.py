@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from ...errors import VendorAccessError, VendorAuthError, VendorRequestError, VendorThrottled, VendorTransientError
-from ...http import CONNECT_TIMEOUT, READ_TIMEOUT, check_endpoint
+from ...http import CONNECT_TIMEOUT, READ_TIMEOUT
 from ...timeutil import format_rfc3339
 from .body import _SPOOL_CHUNK, WindowBody
 from .settings import _THREAT_STATUS_PARAM, Endpoint
@@ -23,7 +23,7 @@ class TapClient:
     def __init__(self, session: requests.Session, base_url: str, principal: str, secret: str,
                  clock: Any = None) -> None:
         self.session = session
-        self.base_url = check_endpoint(base_url)
+        self.base_url = base_url.rstrip("/")  # validated with the settings (http.check_endpoint)
         self._auth = (principal, secret)
         self._clock = clock
         self.server_skew: timedelta | None = None  # Proofpoint's clock minus ours, from the Date header

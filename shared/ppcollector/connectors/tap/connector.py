@@ -8,7 +8,7 @@ from typing import Any
 from ...budget import credential_key
 from ...crashpoints import AFTER_FETCH, AFTER_SINK_COMMIT, crashpoint
 from ...errors import SettingsError, VendorRequestError, VendorThrottled
-from ...http import check_endpoint
+from ...http import ALLOW_CUSTOM_ENDPOINT, allow_custom_endpoint, check_endpoint
 from ...observability import logger
 from ...records import RecordBuilder, derive_id_from_canonical
 from ...secrets import Credentials
@@ -27,6 +27,7 @@ from .settings import (
     MAX_LOOKBACK,
     MIN_WINDOW,
     SOURCE,
+    TAP_HOSTS,
     THREAT_STATUSES,
     WINDOW_RESERVE_SECONDS,
     Endpoint,
@@ -42,6 +43,7 @@ class TapConnector:
     name = "tap"
     source = SOURCE
     secret_fields = ("secret",)
+    endpoints = {"base_url": TAP_HOSTS}
 
     def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         clean = dict(settings)
@@ -51,12 +53,13 @@ class TapConnector:
         clean["principal"] = principal
         clean["event_types"] = validate_event_types(clean.get("event_types", "all"))
         clean["threat_status"] = validate_threat_status(clean.get("threat_status", list(THREAT_STATUSES)))
-        clean["base_url"] = check_endpoint(str(clean.get("base_url", DEFAULT_BASE_URL)))
+        clean["base_url"] = check_endpoint(str(clean.get("base_url", DEFAULT_BASE_URL)), TAP_HOSTS,
+                                           allow_custom_endpoint(clean))
         duration_setting(clean, "poll_interval", "5m", timedelta(minutes=1), timedelta(hours=24))
         duration_setting(clean, "settle_lag", None, timedelta(0), timedelta(hours=1))
         duration_setting(clean, "initial_lookback", "1h", MIN_WINDOW, MAX_LOOKBACK - LOOKBACK_MARGIN)
         unknown = set(clean) - {"principal", "event_types", "threat_status", "base_url", "poll_interval",
-                                "settle_lag", "initial_lookback"}
+                                "settle_lag", "initial_lookback", ALLOW_CUSTOM_ENDPOINT}
         if unknown:
             raise SettingsError(f"unknown TAP setting(s): {', '.join(sorted(unknown))}")
         self._check_budget(clean)
