@@ -40,6 +40,7 @@ from ppcollector.config import RuntimeConfig
 from ppcollector.connectors import get_connector
 from ppcollector.connectors.tap import THREAT_STATUSES
 from ppcollector.errors import CollectorError, SettingsError, VendorAccessError, VendorAuthError, VendorError
+from ppcollector.http import custom_endpoints
 from ppcollector.runtime import aws_clients, build_deps
 from ppcollector.spine import FAILED, PENDING, Deps
 from ppcollector.state import DISABLED, Instance, validate_name
@@ -268,6 +269,9 @@ def status_row(deps: Deps, instance: Instance, now: datetime) -> dict[str, Any]:
         "gaps": len(gaps),
         "last_gap": f"{gaps[-1]['start']} .. {gaps[-1]['end']}" if gaps else "",
         "reason": status.get("reason", ""),
+        # Credentials go to a host that is not Proofpoint's (allow_custom_endpoint): always visible.
+        "custom_endpoint": " ".join(custom_endpoints(instance.settings,
+                                                     get_connector(instance.connector).endpoints).values()),
     }
 
 
@@ -297,7 +301,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                          or detail.get("last_connected"), "events": None, "reconnects": detail.get("reconnects"),
                          "lag": _human_seconds(lag), "lag_seconds": lag, "gaps": "",
                          "last_error": detail.get("reason", "") if detail.get("state") != "Active" else ""})
-    emit(args, rows, ["name", "connector", "state", "last_success", "events", "lag", "gaps", "last_error"])
+    columns = ["name", "connector", "state", "last_success", "events", "lag", "gaps", "last_error"]
+    emit(args, rows, columns + ["custom_endpoint"] if any(r.get("custom_endpoint") for r in rows) else columns)
     return 0
 
 

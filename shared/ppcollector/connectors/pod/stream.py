@@ -41,6 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ...crashpoints import AFTER_SINK_COMMIT, crashpoint
 from ...errors import CursorConflict, LeaseHeld, SettingsError, VendorError, VersionConflict
+from ...http import endpoint_log_keys
 from ...observability import COUNT, SECONDS, emit_metrics, logger
 from ...records import OutRecord, build_record, canonical_json
 from ...sinks import BatchInfo, KinesisSink, S3Sink, partition_prefix
@@ -192,7 +193,8 @@ class TypeStream:
         self.scope = f"lease#{event_type}"
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._main, name=f"pod-{instance.name}-{event_type}", daemon=True)
-        self.log_fields = {"instance": instance.name, "type": event_type}
+        self.log_fields = {"instance": instance.name, "type": event_type,
+                           **endpoint_log_keys(instance.settings, PodConnector.endpoints)}
         # lease and checkpoint
         self.holding = False
         self.lease_renewed = 0.0
@@ -214,6 +216,7 @@ class TypeStream:
         self.totals: dict[str, int] = {"events": 0, "reconnects": 0, "malformed": 0, "flushes": 0}
         self.next_metrics = time.monotonic() + METRICS_SECONDS
         self.state = PENDING
+        self.out_since: float | None = time.monotonic()  # when it last left Active (None while Active)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> TypeStream:
@@ -718,9 +721,23 @@ class TypeStream:
 
     def _status(self, state: str, reason: str, top: dict[str, Any] | None = None, **fields: Any) -> None:
         self.state = state
+        if state == ACTIVE:
+            self.out_since = None
+        elif self.out_since is None:
+            self.out_since = time.monotonic()
         if state in (FAILED, DEGRADED) and top is None:
             top = {"last_error": reason, "last_error_at": format_rfc3339(self.deps.clock())}
         update_type_status(self.deps, self.instance, self.event_type, state, reason, top=top, **fields)
+
+
+    def out_of_service_seconds(self) -> float:
+        """How long this stream's events have not been reaching the sinks: the time since it left
+        Active (not connected, refused, failing), or while Active the age of its unwritten batch."""
+        now = time.monotonic()
+        if self.out_since is not None:
+            return now - self.out_since
+        first = self.batch.first_at
+        return now - first if first is not None else 0.0
 
 
 def _dead_frame(silent: float) -> Any:
@@ -742,6 +759,7 @@ class PodStreamer:
         self.connector = PodConnector()
         self.streams: dict[tuple[str, str], TypeStream] = {}
         self.served: set[str] = set()
+        self.refused: set[str] = set()  # instances whose settings or token were refused at the last refresh
 
     def run(self, stop: threading.Event, shutdown_seconds: float = 25.0) -> int:
         logger.info("pod: streamer started", extra={"owner": self.owner})
@@ -767,6 +785,7 @@ class PodStreamer:
             return
         wanted: dict[tuple[str, str], tuple[Instance, str, str]] = {}
         keep: set[str] = set()
+        refused: set[str] = set()
         for instance in instances:
             if not instance.enabled:
                 if instance.name in self.served:
@@ -781,6 +800,7 @@ class PodStreamer:
                 token = credentials["token"]
             except SettingsError as exc:
                 self._instance_failed(instance, str(exc))
+                refused.add(instance.name)
                 continue
             except (BotoCoreError, ClientError) as exc:
                 logger.warning(f"pod: could not read the secret: {type(exc).__name__}", extra={
@@ -807,6 +827,7 @@ class PodStreamer:
                 self.streams[key] = TypeStream(instance, key[1], token, self.deps, self.settings, self.owner,
                                                fingerprint, self.timing, after=previous.get(key)).start()
                 self.served.add(instance.name)
+        self.refused = refused
 
     def _instance_failed(self, instance: Instance, reason: str) -> None:
         for key in [k for k in self.streams if k[0] == instance.name]:
@@ -818,15 +839,32 @@ class PodStreamer:
 
         self.deps.state.update_status(instance.name, mutate)
 
+    def health(self) -> dict[str, tuple[float, str]]:
+        """The connector's health, as the pollers' ticks report theirs: instances per state (an instance
+        is as bad as its worst type) and the worst time a stream has been out of service."""
+        worst: dict[str, str] = {}
+        for (name, _), stream in list(self.streams.items()):
+            if name not in worst or STATE_RANK.get(stream.state, 2) > STATE_RANK.get(worst[name], 2):
+                worst[name] = stream.state
+        worst.update(dict.fromkeys(self.refused, FAILED))
+        values: dict[str, tuple[float, str]] = {
+            f"Instances{state}": (float(sum(s == state for s in worst.values())), "Count")
+            for state in (ACTIVE, PENDING, DEGRADED, FAILED)}
+        lags = [stream.out_of_service_seconds() for stream in list(self.streams.values())]
+        values["WorstCollectionLag"] = (round(max(lags, default=0.0), 1), "Seconds")
+        return values
+
     def heartbeat(self) -> None:
-        """The alarm's signal (missing data breaches): one datapoint a minute while the task runs."""
+        """The alarm's signal (missing data breaches): one datapoint a minute while the task runs, with
+        the connector's health (the PoD failed-instance and lag alarms)."""
         if self.cloudwatch is None:
             return
+        dimensions = [{"Name": "connector", "Value": "pod"}, {"Name": "service", "Value": "proofpoint-collector"}]
+        values = {"PodHeartbeat": (1.0, "Count"), **self.health()}
         try:
-            self.cloudwatch.put_metric_data(Namespace="ProofpointCollector", MetricData=[{
-                "MetricName": "PodHeartbeat", "Value": 1.0, "Unit": "Count",
-                "Dimensions": [{"Name": "connector", "Value": "pod"},
-                               {"Name": "service", "Value": "proofpoint-collector"}]}])
+            self.cloudwatch.put_metric_data(Namespace="ProofpointCollector", MetricData=[
+                {"MetricName": name, "Value": value, "Unit": unit, "Dimensions": dimensions}
+                for name, (value, unit) in values.items()])
         except (BotoCoreError, ClientError) as exc:
             logger.warning(f"pod: could not send the heartbeat: {type(exc).__name__}")
 
