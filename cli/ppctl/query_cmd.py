@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ppcollector.http import is_loopback_url
+
 from .engines import ArchiveCache, AthenaEngine, DuckDbEngine, Result, cell_text, default_cache_dir, human_bytes
 from .hunting import TEMPLATE, NamedQuery, QueryError, QueryWindow, load_named_queries, load_tables, parameter_values
-from .local_deploy import endpoint_is_loopback
 from .main import CliError, aws_session, load_stack, print_table
 
 
@@ -62,7 +63,7 @@ def _query(args: argparse.Namespace) -> int:
     values = parameter_values(query, window, {"instance": args.instance, "campaign": args.campaign,
                                               "qid": args.qid, "sender": args.sender})
     stack = load_stack(args)
-    engine = args.engine or ("duckdb" if endpoint_is_loopback(stack.clients["s3"].meta.endpoint_url) else "athena")
+    engine = args.engine or ("duckdb" if is_loopback_url(stack.clients["s3"].meta.endpoint_url) else "athena")
     if engine == "athena":
         result = _athena(stack, args).run(query.sql, values)
     else:

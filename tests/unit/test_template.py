@@ -574,11 +574,18 @@ NESTED_NAMES = {"AWS::Glue::Database": ("DatabaseInput", "Name"), "AWS::ECS::Tas
 NOT_NAMES = {"MetricName", "DisplayName", "GroupDescription"}
 
 
+# Types whose Name is a label, not an identifier: an Athena named query is addressed by its id and listed
+# per workgroup (each stack has its own), so two stacks' "most-attacked-people" never collide.
+LABEL_NAMES = {"AWS::Athena::NamedQuery"}
+
+
 def _physical_names(cfn: dict[str, Any]) -> dict[tuple[str, str], Any]:
     names: dict[tuple[str, str], Any] = {}
     for logical_id, resource in cfn["Resources"].items():
         properties = resource.get("Properties", {})
         for key, value in properties.items():
+            if resource["Type"] in LABEL_NAMES and key == "Name":
+                continue
             if (key == "Name" or key.endswith("Name")) and key not in NOT_NAMES:
                 names[(logical_id, key)] = value
         path = NESTED_NAMES.get(resource["Type"])
@@ -620,7 +627,10 @@ def _resolve(value: Any, stack: str, cfn: dict[str, Any]) -> Any:
             return re.sub(r"\$\{([^}!]+)\}", lambda m: str(_resolve(variables[m[1]], stack, cfn))
                           if m[1] in variables else ref(m[1]), text)
         if function == "Fn::Join":
-            return argument[0].join(str(_resolve(part, stack, cfn)) for part in argument[1])
+            parts = _resolve(argument[1], stack, cfn) if isinstance(argument[1], dict) else argument[1]
+            return argument[0].join(str(_resolve(part, stack, cfn)) for part in parts)
+        if function == "Fn::Split":
+            return str(_resolve(argument[1], stack, cfn)).split(argument[0])
         if function == "Fn::If":
             return _resolve(argument[1], stack, cfn)
     if isinstance(value, list):

@@ -53,7 +53,7 @@ SETTINGS: dict[str, Any] = {
     "daily_call_limit": 1000,
 }
 SETTING_NAMES = ("client_id", *SETTINGS, ALLOW_CUSTOM_ENDPOINT)
-# Proofpoint's CASB hosts (casb.md §2.1, §3.1): the legacy API and its events host per region
+# Proofpoint's CASB hosts (docs/vendors/casb.md §2.1, §3.1): the legacy API and its events host per region
 # (api[-siem][-us1|-au1|-stg|...].protect.proofpoint.com), and the tenant hosts of the newer platform
 # (auth_mode=oauth2: *.analyze.proofpoint.com, *.explore.proofpoint.com). Others need allow_custom_endpoint.
 CASB_HOSTS = VendorHosts(

@@ -11,7 +11,7 @@ from ...http import VendorHosts
 from ...settings import as_list
 
 DEFAULT_BASE_URL = "https://tap-api-v2.proofpoint.com"
-# Proofpoint's TAP SIEM API host (tap.md §1.2); anything else needs allow_custom_endpoint.
+# Proofpoint's TAP SIEM API host (docs/vendors/tap.md §1.2); anything else needs allow_custom_endpoint.
 TAP_HOSTS = VendorHosts("TAP", "https", r"tap-api-v2\.proofpoint\.com", "tap-api-v2.proofpoint.com")
 SOURCE = "proofpoint_tap"
 MIN_WINDOW = timedelta(seconds=30)  # the API's 400 "interval is too short" below this
