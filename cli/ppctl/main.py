@@ -37,8 +37,8 @@ from botocore.exceptions import (
 
 from ppcollector import __version__
 from ppcollector.config import RuntimeConfig
-from ppcollector.connectors import get_connector
-from ppcollector.connectors.tap import THREAT_STATUSES
+from ppcollector.connectors import descriptors, get_connector, get_descriptor
+from ppcollector.descriptor import ConnectorDescriptor, SettingFlag
 from ppcollector.errors import CollectorError, SettingsError, VendorAccessError, VendorAuthError, VendorError
 from ppcollector.http import custom_endpoints
 from ppcollector.runtime import aws_clients, build_deps
@@ -218,33 +218,24 @@ def emit(args: argparse.Namespace, payload: Any, columns: list[str] | None = Non
 
 # --- secrets ---------------------------------------------------------------------------------------
 
-# connector -> secret field -> prompt. Fields in OPTIONAL_SECRETS may be left empty.
-SECRET_PROMPTS = {
-    "tap": {"secret": "TAP service secret"},
-    "casb": {"client_secret": "CASB client secret", "api_key": "CASB API key"},
-    "pod": {"token": "PoD Log API token"},
-}
-OPTIONAL_SECRETS = {("casb", "api_key")}  # the oauth2 auth mode needs no API key
-
-
-def read_secret_fields(connector: str, from_stdin: bool) -> dict[str, str]:
-    """One value per line on stdin (``--secret-stdin``), or a hidden prompt each. Never argv."""
-    prompts = SECRET_PROMPTS[connector]
+def read_secret_fields(descriptor: ConnectorDescriptor, from_stdin: bool) -> dict[str, str]:
+    """The connector's secret fields, in its descriptor's order: one value per line on stdin
+    (``--secret-stdin``), or a hidden prompt each. Never argv."""
     values: dict[str, str] = {}
-    for field, prompt in prompts.items():
+    for field in descriptor.secrets:
         if from_stdin:
             line = sys.stdin.readline()
             value = line.rstrip("\r\n")
         else:
             if not sys.stdin.isatty():
                 raise CliError("no terminal to prompt for the secret: pipe it in with --secret-stdin")
-            value = getpass.getpass(f"{prompt}: ")
+            value = getpass.getpass(f"{field.prompt}: ")
         _SECRET_VALUES.update(v for v in (value, value.strip()) if v.strip())
         if not value.strip():
-            if (connector, field) in OPTIONAL_SECRETS:
+            if field.optional:
                 continue
-            raise CliError(f"empty {prompt.lower()}")
-        values[field] = value.strip()
+            raise CliError(f"empty {field.prompt.lower()}")
+        values[field.key] = value.strip()
     return values
 
 
@@ -311,12 +302,10 @@ def cmd_instance_add(args: argparse.Namespace) -> int:
     deps = stack.deps()
     name = validate_name(args.name)
     connector = get_connector(args.connector)
-    raw: dict[str, Any] = {"poll_interval": args.interval} if getattr(args, "interval", None) else {}
-    for key in SETTING_FLAGS[args.connector]:
-        value = getattr(args, key, None)
-        if value is not None:
-            raw[key] = value
-    for pair in getattr(args, "set", None) or []:
+    options = vars(args)
+    raw: dict[str, Any] = {flag.setting: options[_setting_dest(flag)] for flag in connector.descriptor.flags
+                           if options[_setting_dest(flag)] is not None}
+    for pair in options.get("set") or []:
         key, _, value = pair.partition("=")
         raw[key.strip().replace("-", "_")] = value
     settings = connector.validate_settings(raw)
@@ -346,7 +335,7 @@ def _store_secret(args: argparse.Namespace, deps: Deps, secret_name: str) -> tup
     and given the value just entered (Secrets Manager keeps the old one as AWSPREVIOUS), or kept as it is
     with ``--reuse-secret``.
     """
-    values = None if args.reuse_secret else read_secret_fields(args.connector, args.secret_stdin)
+    values = None if args.reuse_secret else read_secret_fields(get_descriptor(args.connector), args.secret_stdin)
     existing = deps.secrets.adopt(secret_name)
     if values is None:
         if existing is None:
@@ -359,14 +348,6 @@ def _store_secret(args: argparse.Namespace, deps: Deps, secret_name: str) -> tup
     say(f"the secret {secret_name} existed already (an earlier instance or stack of this name): its value is "
         "replaced by the one entered; the previous value stays as version AWSPREVIOUS")
     return existing, False
-
-
-# Per connector, the settings `instance add` takes as flags (the rest through --set KEY=VALUE).
-SETTING_FLAGS = {
-    "tap": ("principal", "event_types", "threat_status", "base_url", "settle_lag", "initial_lookback"),
-    "casb": ("client_id", "api_fqdn", "events_fqdn", "feeds", "auth_mode", "settle_lag", "initial_lookback"),
-    "pod": ("cluster_id", "types", "url"),
-}
 
 
 def cmd_instance_list(args: argparse.Namespace) -> int:
@@ -432,7 +413,7 @@ def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
 def cmd_instance_remove(args: argparse.Namespace) -> int:
     deps = load_stack(args).deps()
     instance = _get(deps, args.name)
-    deps.state.delete_instance(instance.name)
+    deps.state.delete_instance(instance.name, get_descriptor(instance.connector).state_partitions(instance.name))
     try:
         deps.secrets.delete(instance.secret_id)
     except Exception as exc:
@@ -444,7 +425,7 @@ def cmd_instance_remove(args: argparse.Namespace) -> int:
 def cmd_rotate_secret(args: argparse.Namespace) -> int:
     deps = load_stack(args).deps()
     instance = _get(deps, args.name)
-    deps.secrets.update(instance.secret_id, read_secret_fields(instance.connector, args.secret_stdin))
+    deps.secrets.update(instance.secret_id, read_secret_fields(get_descriptor(instance.connector), args.secret_stdin))
     deps.state.update_status(instance.name, lambda s: s.update(backoff_until=None, next_due=None))
     return 0 if _validate(args, deps, instance) else 1
 
@@ -502,11 +483,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise CliError("--until must be after --since")
     if until > now:
         raise CliError("--until is in the future; the API only serves the past")
-    connector = get_connector(instance.connector)
-    start_backfill = getattr(connector, "start_backfill", None)
-    if start_backfill is None:
-        raise CliError(f"backfill is not available for {instance.connector}")
-    streams = start_backfill(deps, instance, since, until)  # refuses what the API cannot serve, with why
+    # Refuses what the API cannot serve (or a connector that cannot re-collect), with why.
+    streams = get_connector(instance.connector).start_backfill(deps, instance, since, until)
     deps.state.update_status(instance.name, lambda s: s.update(next_due=None))
     emit(args, {"name": instance.name, "backfill_since": format_rfc3339(since),
                 "backfill_until": format_rfc3339(until), "streams": streams,
@@ -514,18 +492,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
-LOG_GROUP_OUTPUTS = {"tap": "TapPollerLogGroupName", "casb": "CasbPollerLogGroupName",
-                     "pod": "PodStreamerLogGroupName"}
-
-
 def cmd_logs(args: argparse.Namespace) -> int:
     """That instance's log lines from CloudWatch Logs, newest first, through a Logs Insights query. The metric
     blobs (EMF: JSON with an ``_aws`` key) carry the instance too, but are numbers for CloudWatch: left out."""
     stack = load_stack(args)
     instance = _get(stack.deps(), args.name)
-    log_group = stack.outputs.get(LOG_GROUP_OUTPUTS.get(instance.connector, ""))
+    output = get_descriptor(instance.connector).log_group_output
+    log_group = stack.outputs.get(output)
     if not log_group:
-        raise CliError(f"stack {stack.name} has no log group output for {instance.connector}")
+        raise CliError(f"stack {stack.name} has no output {output} (the {instance.connector} log group)")
     try:
         since = parse_duration(args.since)
     except ValueError as exc:
@@ -578,11 +553,6 @@ def cmd_local_deploy(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     emit(args, outputs)
     return 0
-
-
-FUNCTION_ALIASES = {"tap": "TapPollerFunction", "tap_poller": "TapPollerFunction", "tappoller": "TapPollerFunction",
-                    "casb": "CasbPollerFunction", "casb_poller": "CasbPollerFunction",
-                    "casbpoller": "CasbPollerFunction"}
 
 
 @dataclass
@@ -685,11 +655,10 @@ def cmd_local_invoke(args: argparse.Namespace) -> int:
 
     stack = load_stack(args, loopback_only=True)  # as documented: a local emulator only
     template = local_deploy.load_template(args.template)
-    logical = FUNCTION_ALIASES.get(args.function.lower().replace("-", "_"), args.function)
-    resource = template.get("Resources", {}).get(logical)
-    if not resource or resource.get("Type") != "AWS::Serverless::Function":
-        raise CliError(f"no function {args.function!r} in the template (functions: {', '.join(_functions(template))})")
-    physical = _physical_function(stack, logical)
+    descriptor = _connector_function(template, args.function)
+    logical = descriptor.function
+    resource = template["Resources"][logical]
+    physical = _physical_function(stack, descriptor)
     config = stack.clients["lambda"].get_function_configuration(FunctionName=physical)
     env = dict(config.get("Environment", {}).get("Variables", {}))
     code_dir = Path(args.template).resolve().parent / resource["Properties"]["CodeUri"]
@@ -711,20 +680,33 @@ def cmd_local_invoke(args: argparse.Namespace) -> int:
             with _function_output(tee):
                 result = getattr(module, function_name)(event, context)
         finally:
-            _ship_logs(stack, stack.outputs.get(f"{logical.removesuffix('Function')}LogGroupName"),
-                       context.aws_request_id, tee.lines)
+            _ship_logs(stack, stack.outputs.get(descriptor.log_group_output), context.aws_request_id, tee.lines)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
-def _functions(template: dict[str, Any]) -> list[str]:
-    return [k for k, v in template.get("Resources", {}).items() if v.get("Type") == "AWS::Serverless::Function"]
+def _connector_functions(template: dict[str, Any]) -> list[ConnectorDescriptor]:
+    """The connectors whose function is in the template (each function is a connector's: its descriptor
+    names the function's resource and the outputs naming it and its log group)."""
+    functions = {k for k, v in template.get("Resources", {}).items() if v.get("Type") == "AWS::Serverless::Function"}
+    return [descriptor for descriptor in descriptors() if descriptor.function in functions]
 
 
-def _physical_function(stack: Stack, logical: str) -> str:
-    physical = stack.outputs.get(f"{logical.removesuffix('Function')}FunctionName")
+def _connector_function(template: dict[str, Any], wanted: str) -> ConnectorDescriptor:
+    """The connector whose function ``wanted`` names: by the connector's name ("tap") or the template
+    resource (TapPollerFunction)."""
+    connectors = _connector_functions(template)
+    for descriptor in connectors:
+        if wanted.lower() in (descriptor.name, str(descriptor.function).lower()):
+            return descriptor
+    raise CliError(f"no function {wanted!r} in the template (functions: "
+                   f"{', '.join(f'{d.function} ({d.name})' for d in connectors)})")
+
+
+def _physical_function(stack: Stack, descriptor: ConnectorDescriptor) -> str:
+    physical = stack.outputs.get(str(descriptor.function_output))
     if not physical:
-        raise CliError(f"stack {stack.name} has no output for {logical}")
+        raise CliError(f"stack {stack.name} has no output {descriptor.function_output}")
     return physical
 
 
@@ -739,10 +721,12 @@ def cmd_local_env_vars(args: argparse.Namespace) -> int:
     template = local_deploy.load_template(args.template)
     shared = (template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables") or {})
     env_vars: dict[str, dict[str, str]] = {}
-    for logical in _functions(template):
+    for descriptor in _connector_functions(template):
+        logical = str(descriptor.function)
         declared = set(shared) | set(
             template["Resources"][logical].get("Properties", {}).get("Environment", {}).get("Variables") or {})
-        config = stack.clients["lambda"].get_function_configuration(FunctionName=_physical_function(stack, logical))
+        config = stack.clients["lambda"].get_function_configuration(
+            FunctionName=_physical_function(stack, descriptor))
         deployed = config.get("Environment", {}).get("Variables", {})
         env_vars[logical] = {key: deployed[key] for key in sorted(declared) if key in deployed}
         if "DISPATCH_MODE" in env_vars[logical]:
@@ -816,45 +800,19 @@ def build_parser() -> argparse.ArgumentParser:
     instance = command(sub, "instance", "manage the instance registry")
     isub = instance.add_subparsers(dest="instance_command", required=True, metavar="ACTION", help="what to do")
     add = command(isub, "add", "add an instance (secret from prompt or --secret-stdin)")
-    add_sub = add.add_subparsers(dest="connector", required=True, metavar="CONNECTOR", help="tap, casb or pod")
-    tap = command(add_sub, "tap", "a TAP SIEM API tenant")
-    tap.add_argument("name", help="instance name: 1-63 of a-z 0-9 - _")
-    tap.add_argument("--principal", required=True, help="TAP service principal")
-    tap.add_argument("--event-types", dest="event_types", help="all | issues | comma list of "
-                     "messages-delivered,messages-blocked,clicks-permitted,clicks-blocked (default all)")
-    tap.add_argument("--threat-status", dest="threat_status",
-                     help=f"comma list of {','.join(THREAT_STATUSES)} (default all three)")
-    tap.add_argument("--interval", default="5m", help="polling interval (default 5m)")
-    tap.add_argument("--base-url", dest="base_url", help="API base URL (https; http only for loopback)")
-    tap.add_argument("--settle-lag", dest="settle_lag", help="how far behind now a window ends (default stack's)")
-    tap.add_argument("--initial-lookback", dest="initial_lookback", help="how far back a new instance starts (1h)")
-    secret_flags(tap, "the service secret")
-    tap.set_defaults(func=cmd_instance_add)
-
-    casb = command(add_sub, "casb", "a CASB tenant (client secret and API key from prompt or stdin, one per line)")
-    casb.add_argument("name", help="instance name: 1-63 of a-z 0-9 - _")
-    casb.add_argument("--client-id", dest="client_id", required=True, help="CASB API client id")
-    casb.add_argument("--api-fqdn", dest="api_fqdn", help="auth + alerts host (default api-us1.protect.proofpoint.com)")
-    casb.add_argument("--events-fqdn", dest="events_fqdn",
-                      help="activity events host (default api-siem-us1.protect.proofpoint.com)")
-    casb.add_argument("--feeds", help="alerts,events (default both)")
-    casb.add_argument("--auth-mode", dest="auth_mode", help="legacy (default) | oauth2")
-    casb.add_argument("--interval", default="5m", help="polling interval (default 5m)")
-    casb.add_argument("--settle-lag", dest="settle_lag", help="how far behind now an alert window ends (60s)")
-    casb.add_argument("--initial-lookback", dest="initial_lookback", help="how far back a new instance starts (1h)")
-    casb.add_argument("--set", action="append", metavar="KEY=VALUE", type=_key_value,
-                      help="any other API-contract setting (paths, headers, paging keys); see the README")
-    secret_flags(casb, "the client secret, then the API key,")
-    casb.set_defaults(func=cmd_instance_add)
-
-    pod = command(add_sub, "pod", "a PoD Log API cluster (token from prompt or stdin; the token must be dedicated "
-                  "to this collector)")
-    pod.add_argument("name", help="instance name: 1-63 of a-z 0-9 - _")
-    pod.add_argument("--cluster-id", dest="cluster_id", required=True, help="the PoD cluster id (cid)")
-    pod.add_argument("--types", help="message,maillog,audit (default message,maillog)")
-    pod.add_argument("--url", help="stream URL (default wss://logstream.proofpoint.com; ws only for loopback)")
-    secret_flags(pod, "the token", validate="skip the test handshake")
-    pod.set_defaults(func=cmd_instance_add)
+    add_sub = add.add_subparsers(dest="connector", required=True, metavar="CONNECTOR",
+                                 help=", ".join(d.name for d in descriptors()))
+    for descriptor in descriptors():
+        add_instance = command(add_sub, descriptor.name, descriptor.title)
+        add_instance.add_argument("name", help="instance name: 1-63 of a-z 0-9 - _")
+        for flag in descriptor.flags:
+            add_instance.add_argument(flag.option, dest=_setting_dest(flag), metavar=flag.setting.upper(),
+                                      required=flag.required, help=flag.help)
+        if descriptor.other_settings_help:
+            add_instance.add_argument("--set", action="append", metavar="KEY=VALUE", type=_key_value,
+                                      help=descriptor.other_settings_help)
+        secret_flags(add_instance, "the " + ", then the ".join(field.prompt for field in descriptor.secrets))
+        add_instance.set_defaults(func=cmd_instance_add)
 
     command(isub, "list", "one row per registered instance").set_defaults(func=cmd_instance_list)
     for verb, func, summary in (
@@ -914,10 +872,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_dest(flag: SettingFlag) -> str:
+    return f"setting:{flag.setting}"  # apart from ppctl's own options, whatever a connector's settings are named
+
+
 def main(argv: list[str] | None = None) -> int:
     if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
         os.environ["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]  # boto3 reads only the latter
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # a connector module named in PPCOLLECTOR_CONNECTORS may fail to load
+    except CollectorError as exc:
+        say(f"ppctl: {describe_failure(exc)}")
+        return 1
+    args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
     try:
         config_file = getattr(args, "config_file", None)

@@ -138,16 +138,13 @@ def emit_connector_health(connector: Connector, deps: Deps, instances: list[Inst
 
 def budget_remaining(connector: Connector, deps: Deps, instances: list[Instance]) -> dict[str, tuple[float, int]]:
     """Per pool, the lowest remaining budget (percent, requests) over the credentials in use."""
-    pools = getattr(connector, "budget_pools", None)
-    if pools is None:
-        return {}
     now = deps.clock()
     lowest: dict[str, tuple[float, int]] = {}
     seen = set()
     for instance in instances:
         if not instance.enabled:
             continue
-        for credential, pool, limit in pools(instance):
+        for credential, pool, limit in connector.budget_pools(instance):
             if (credential, pool) in seen:
                 continue
             seen.add((credential, pool))

@@ -11,9 +11,6 @@ from typing import Any
 
 from .timeutil import format_rfc3339
 
-SOURCES = {"tap": "proofpoint_tap", "casb": "proofpoint_casb", "pod": "proofpoint_pod"}
-
-
 # One encoder each, made once: ``json.dumps`` with non-default options builds a new encoder per call,
 # a measurable share of the TAP poll (tools/bench.py). ``encoder.encode(v)`` is what ``dumps`` returns.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .crashpoints import crashpoint
+from .descriptor import source_partition
 from .errors import SinkError
 from .records import OutRecord
 
@@ -40,12 +41,11 @@ KINESIS_MAX_RECORDS = 500
 KINESIS_MAX_BATCH_BYTES = 5 * 1024 * 1024
 KINESIS_MAX_RECORD_BYTES = 1024 * 1024
 KINESIS_MAX_ATTEMPTS = 8
-SOURCE_SHORT = {"proofpoint_tap": "tap", "proofpoint_casb": "casb", "proofpoint_pod": "pod"}
 
 
 @dataclass(frozen=True)
 class BatchInfo:
-    source: str  # proofpoint_tap | proofpoint_casb | proofpoint_pod
+    source: str  # proofpoint_<connector>, e.g. proofpoint_tap
     instance: str
     name: str  # deterministic for a polled window, e.g. "20241002T004358Z_20241002T014358Z"
 
@@ -67,7 +67,7 @@ class Sink(Protocol):
 def partition_path(source: str, event_type: str, received_hour: str) -> str:
     """The partition folder (``received_hour`` is ``YYYY-MM-DDTHH``, UTC) that the Athena tables project."""
     day, hour = received_hour.split("T")
-    return f"proofpoint/source={SOURCE_SHORT.get(source, source)}/event_type={event_type}/dt={day}/hour={hour}/"
+    return f"proofpoint/source={source_partition(source)}/event_type={event_type}/dt={day}/hour={hour}/"
 
 
 def partition_prefix(source: str, instance: str, event_type: str, received_hour: str) -> str:
@@ -328,7 +328,7 @@ class _KinesisBatch:
             raise SinkError(f"record {record.id} exceeds the Kinesis 1 MiB limit and no bucket is configured")
         body = json.loads(record.line)
         key = (
-            f"proofpoint/oversize/source={SOURCE_SHORT.get(record.source, record.source)}/"
+            f"proofpoint/oversize/source={source_partition(record.source)}/"
             f"instance={record.instance}/event_type={record.event_type}/{record.id}.json.gz"
         )
         try:

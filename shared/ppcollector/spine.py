@@ -12,12 +12,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .budget import RateBudget
 from .crashpoints import AFTER_LEASE, crashpoint
+from .descriptor import ConnectorDescriptor
 from .errors import (
     CollectorError,
     CursorConflict,
@@ -104,17 +105,38 @@ class PollContext:
     report: PollReport
 
 
+@runtime_checkable
 class Connector(Protocol):
-    name: str  # "tap"
-    source: str  # "proofpoint_tap"
-    secret_fields: tuple[str, ...]
+    """Everything the spine, the dispatcher and ``ppctl`` ask of a connector: each one declares it all."""
+
+    descriptor: ConnectorDescriptor  # name, source, secrets, ppctl flags, stack outputs (descriptor.py)
+    name: str  # descriptor.name, e.g. "tap"
+    source: str  # descriptor.source, e.g. "proofpoint_tap"
     endpoints: dict[str, VendorHosts]  # endpoint setting -> Proofpoint's own hosts for it (http.py)
 
-    def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]: ...
+    def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The settings, checked and with defaults filled in; SettingsError says what is wrong."""
+        ...
+
+    def test_call(self, instance: Instance, credentials: Credentials, deps: Deps) -> str:
+        """One cheap call with these credentials (``ppctl validate``): what Proofpoint answered."""
+        ...
 
     def poll(self, ctx: PollContext) -> None: ...
 
-    def test_call(self, instance: Instance, credentials: Credentials, deps: Deps) -> str: ...
+    def expected_lag(self, instance: Instance, deps: Deps) -> timedelta:
+        """How far behind now the cursor trails when all is well (TAP's settle lag): added to the lag
+        above which an instance is Degraded."""
+        ...
+
+    def budget_pools(self, instance: Instance) -> list[tuple[str, str, int | None]]:
+        """The (credential, pool, daily limit or None for the budget's default) the instance draws on."""
+        ...
+
+    def start_backfill(self, deps: Deps, instance: Instance, since: datetime, until: datetime) -> list[str]:
+        """Queue a re-collection of [since, until] (``ppctl backfill``); the streams queued. A connector
+        that cannot re-collect raises SettingsError saying why."""
+        ...
 
 
 @dataclass
@@ -236,8 +258,7 @@ def lag_threshold(connector: Connector, instance: Instance, deps: Deps) -> timed
     """Above this collection lag an instance is Degraded: 3 polling intervals, plus the connector's own
     expected delay (TAP's settle lag)."""
     interval = parse_duration(instance.settings.get("poll_interval", "5m"))
-    expected = getattr(connector, "expected_lag", None)
-    return 3 * interval + (expected(instance, deps) if expected else timedelta(0))
+    return 3 * interval + connector.expected_lag(instance, deps)
 
 
 def _record_success(deps: Deps, instance: Instance, report: PollReport, threshold: timedelta) -> str:

@@ -7,6 +7,7 @@ Layout (one table, ``pk``/``sk``):
 - ``inst#<name>`` / ``status``: state, reason, last success, lag, gaps, due time, backoff
 - ``inst#<name>`` / ``lease``: who polls it now, until when
 - ``budget#<credential>`` / ``pool#<pool>``: the vendor rate budget (``budget.py``)
+- partitions a connector keeps of its own (its descriptor's ``state_partitions``, e.g. PoD's dedup memory)
 
 Nothing here expires: cursors are the collector's memory of what it already delivered.
 """
@@ -14,7 +15,7 @@ Nothing here expires: cursors are the collector's memory of what it already deli
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -110,9 +111,10 @@ class StateStore:
         instance.version = item.version
         return instance
 
-    def delete_instance(self, name: str) -> None:
-        """The instance, its cursors, status, leases, and the PoD dedup memory of its stream types."""
-        for pk in [f"inst#{name}", *(f"poddedup#{name}#{t}" for t in ("message", "maillog", "audit"))]:
+    def delete_instance(self, name: str, own_partitions: Iterable[str] = ()) -> None:
+        """The instance, its cursors, status, leases, and the partitions its connector keeps of its own
+        (``own_partitions``: its descriptor's ``state_partitions``, e.g. PoD's dedup memory)."""
+        for pk in [f"inst#{name}", *own_partitions]:
             for item in self.kv.query(pk):
                 self.kv.delete(item.pk, item.sk)
         self.kv.delete(REGISTRY_PK, name)

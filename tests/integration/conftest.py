@@ -156,12 +156,15 @@ def _remove_instances_added_by_the_test(request):
         yield
         return
     outputs = request.getfixturevalue("deployed_stack")
+    from ppcollector.connectors import descriptors
     from ppcollector.kvstore import DynamoKV
     from ppcollector.state import StateStore
 
     state = StateStore(DynamoKV(outputs["StateTableName"], boto3.client("dynamodb")))
     before = {i.name for i in state.list_instances()}
     yield
+    known = {descriptor.name: descriptor for descriptor in descriptors()}  # a test's own connector may be gone
     for instance in state.list_instances():
         if instance.name not in before:
-            state.delete_instance(instance.name)
+            descriptor = known.get(instance.connector)
+            state.delete_instance(instance.name, descriptor.state_partitions(instance.name) if descriptor else [])

@@ -50,7 +50,8 @@ def pod_instance(deployed_stack, sim, request):
     settings = PodConnector().validate_settings({"cluster_id": CID, "types": ",".join(TYPES), "url": sim.url})
     state.save_instance(Instance(name, "pod", settings, secret_arn), create=True)
     yield name, state
-    state.delete_instance(name)  # other tests' streamers must not serve it
+    # Other tests' streamers must not serve it; its dedup memory goes with it.
+    state.delete_instance(name, PodConnector.descriptor.state_partitions(name))
     secrets.delete_secret(SecretId=secret_arn, ForceDeleteWithoutRecovery=True)
 
 

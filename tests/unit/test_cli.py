@@ -11,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ppcollector import __version__
+from ppcollector.connectors import get_descriptor
 from ppcollector.secrets import SecretsManagerStore
 from ppctl import main as cli
 from tests.conftest import register_secret
@@ -103,7 +104,7 @@ def test_stack_and_region_resolution(monkeypatch, tmp_path, capsys, argv, samcon
 def test_an_aws_refusal_is_one_line_naming_the_call_and_never_the_secret_entered(monkeypatch, capsys):
     secret = register_secret("typed-s3cr3t-value-8")
     monkeypatch.setattr("sys.stdin", io.StringIO(secret + "\n"))
-    cli.read_secret_fields("tap", from_stdin=True)
+    cli.read_secret_fields(get_descriptor("tap"), from_stdin=True)
     refused = ClientError({"Error": {"Code": "AccessDeniedException",
                                      "Message": f"not allowed to store {secret} here"}}, "CreateSecret")
 

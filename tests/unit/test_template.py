@@ -13,25 +13,26 @@ from typing import Any
 
 import pytest
 
+from ppcollector.connectors import descriptors
+from ppcollector.descriptor import ConnectorDescriptor
 from ppctl.local_deploy import load_template, transform
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
+CONNECTORS = descriptors()
+# What ppctl and the README read from the stack: its own outputs, and each connector's function and log group.
 STACK_OUTPUTS = {
     "StateTableName",
     "RawBucketName",
     "EventStreamName",
     "SinkMode",
     "SecretPrefix",
-    "TapPollerFunctionName",
-    "TapPollerLogGroupName",
-    "CasbPollerFunctionName",
-    "CasbPollerLogGroupName",
     "PodImageRepositoryUri",
     "PodClusterName",
-    "PodStreamerLogGroupName",
     "AlarmTopicArn",
     "SharedLayerArn",
+    *(c.function_output for c in CONNECTORS if c.function_output),
+    *(c.log_group_output for c in CONNECTORS),
 }
 TAP_POLLER_ENVIRONMENT = {
     "STATE_TABLE",
@@ -345,6 +346,25 @@ def test_outputs(template):
     assert set(outputs) >= STACK_OUTPUTS
     assert all("Condition" not in outputs[name] for name in STACK_OUTPUTS)
     assert outputs["SecretPrefix"]["Value"] == {"Fn::Sub": "proofpoint-collector/${AWS::StackName}"}
+
+
+@pytest.mark.parametrize("connector", CONNECTORS, ids=lambda c: c.name)
+def test_a_connectors_outputs_name_its_function_and_log_group(template, resources, connector: ConnectorDescriptor):
+    outputs = template["Outputs"]
+    log_group = outputs[connector.log_group_output]["Value"]["Ref"]
+    assert resources[log_group]["Type"] == "AWS::Logs::LogGroup"
+    if connector.function:
+        assert outputs[connector.function_output]["Value"] == {"Ref": connector.function}
+        lambda_log_group = {"Fn::Sub": f"/aws/lambda/${{{connector.function}}}"}
+        assert resources[log_group]["Properties"]["LogGroupName"] == lambda_log_group
+        handler = TEMPLATE.parent / _function_properties(template, connector.function)["CodeUri"] / "app.py"
+        assert f'handle_poll_event("{connector.name}"' in handler.read_text()  # it polls this connector
+
+
+def test_every_function_is_a_connectors(resources):
+    """ppctl finds a function (local invoke) and its log group (logs) through its connector's descriptor."""
+    functions = {k for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
+    assert functions == {c.function for c in CONNECTORS if c.function}
 
 
 # --- observability (issue: operations) ------------------------------------------------------------

@@ -55,12 +55,15 @@ from __future__ import annotations
 
 from .alerts import AlertWindow, WindowRead, alert_key, alert_ms, from_ms, plan_alert_window, read_alert_window, to_ms
 from .client import CasbClient, Page, clear_token_cache
-from .connector import CasbConnector
+from .connector import DESCRIPTOR, CasbConnector
 from .gate import CallGate, budget_credential
 from .settings import FEEDS, MAX_ALERT_WINDOW, MAX_LOOKBACK, SETTING_NAMES, SETTINGS, SOURCE, base_url, validate_feeds
 
+CONNECTOR = CasbConnector
+
 __all__ = [
-    "FEEDS", "MAX_ALERT_WINDOW", "MAX_LOOKBACK", "SETTINGS", "SETTING_NAMES", "SOURCE", "AlertWindow", "CallGate",
-    "CasbClient", "CasbConnector", "Page", "WindowRead", "alert_key", "alert_ms", "base_url", "budget_credential",
-    "clear_token_cache", "from_ms", "plan_alert_window", "read_alert_window", "to_ms", "validate_feeds",
+    "CONNECTOR", "DESCRIPTOR", "FEEDS", "MAX_ALERT_WINDOW", "MAX_LOOKBACK", "SETTINGS", "SETTING_NAMES", "SOURCE",
+    "AlertWindow", "CallGate", "CasbClient", "CasbConnector", "Page", "WindowRead", "alert_key", "alert_ms", "base_url",
+    "budget_credential", "clear_token_cache", "from_ms", "plan_alert_window", "read_alert_window", "to_ms",
+    "validate_feeds",
 ]

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ...crashpoints import AFTER_FETCH, AFTER_SINK_COMMIT, crashpoint
+from ...descriptor import ConnectorDescriptor, SecretField, SettingFlag
 from ...errors import SettingsError, VendorError, VendorRequestError, VendorThrottled, VendorTransientError
 from ...http import allow_custom_endpoint
 from ...observability import logger
@@ -55,10 +56,33 @@ from .settings import (
 
 # --- the connector ----------------------------------------------------------------------------------
 
+DESCRIPTOR = ConnectorDescriptor(
+    name="casb",
+    source=SOURCE,
+    title="a CASB tenant (client secret and API key from prompt or stdin, one per line)",
+    secrets=(SecretField("client_secret", "CASB client secret"),
+             SecretField("api_key", "CASB API key", optional=True)),  # the oauth2 auth mode needs no API key
+    flags=(
+        SettingFlag("client_id", "CASB API client id", required=True),
+        SettingFlag("api_fqdn", f"auth + alerts host (default {SETTINGS['api_fqdn']})"),
+        SettingFlag("events_fqdn", f"activity events host (default {SETTINGS['events_fqdn']})"),
+        SettingFlag("feeds", "alerts,events (default both)"),
+        SettingFlag("auth_mode", "legacy (default) | oauth2"),
+        SettingFlag("poll_interval", "polling interval (default 5m)", flag="--interval"),
+        SettingFlag("settle_lag", "how far behind now an alert window ends (60s)"),
+        SettingFlag("initial_lookback", "how far back a new instance starts (1h)"),
+    ),
+    other_settings_help="any other API-contract setting (paths, headers, paging keys); see the README",
+    function="CasbPollerFunction",
+    log_group_output="CasbPollerLogGroupName",
+    event_types=("alert", "event"),
+)
+
+
 class CasbConnector:
-    name = "casb"
-    source = SOURCE
-    secret_fields = ("client_secret", "api_key")
+    descriptor = DESCRIPTOR
+    name = DESCRIPTOR.name
+    source = DESCRIPTOR.source
     endpoints = {"api_fqdn": CASB_HOSTS, "events_fqdn": CASB_HOSTS}
 
     def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:

@@ -8,10 +8,15 @@
 
 from __future__ import annotations
 
-from .connector import PodConnector
+from .connector import DESCRIPTOR, PodConnector
 from .events import event_time, record_id, vendor_id
 from .handshake import StreamConflict, handshake_error, is_fatal
 from .settings import DEFAULT_TYPES, DEFAULT_URL, MAX_LOOKBACK, SOURCE, TYPES, stream_url, validate_types
 
-__all__ = ["DEFAULT_TYPES", "DEFAULT_URL", "MAX_LOOKBACK", "SOURCE", "TYPES", "PodConnector", "StreamConflict",
-           "event_time", "handshake_error", "is_fatal", "record_id", "stream_url", "validate_types", "vendor_id"]
+CONNECTOR = PodConnector
+
+__all__ = [
+    "CONNECTOR", "DEFAULT_TYPES", "DEFAULT_URL", "DESCRIPTOR", "MAX_LOOKBACK", "SOURCE", "TYPES", "PodConnector",
+    "StreamConflict", "event_time", "handshake_error", "is_fatal", "record_id", "stream_url", "validate_types",
+    "vendor_id",
+]

@@ -6,20 +6,47 @@ PoD is streamed, never polled: the long-running streaming (leases, batching, res
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from ...descriptor import ConnectorDescriptor, SecretField, SettingFlag
 from ...errors import SettingsError
 from ...http import allow_custom_endpoint, check_endpoint
 from ...secrets import Credentials
 from ...state import Instance
-from .settings import DEFAULT_TYPES, DEFAULT_URL, POD_HOSTS, SETTINGS, SOURCE, stream_url, validate_types
+from .dedup import dedup_partition
+from .settings import (
+    DEFAULT_TYPES,
+    DEFAULT_URL,
+    MAX_LOOKBACK,
+    POD_HOSTS,
+    SETTINGS,
+    SOURCE,
+    TYPES,
+    stream_url,
+    validate_types,
+)
+
+DESCRIPTOR = ConnectorDescriptor(
+    name="pod",
+    source=SOURCE,
+    title="a PoD Log API cluster (token from prompt or stdin; the token must be dedicated to this collector)",
+    secrets=(SecretField("token", "PoD Log API token"),),
+    flags=(
+        SettingFlag("cluster_id", "the PoD cluster id (cid)", required=True),
+        SettingFlag("types", "message,maillog,audit (default message,maillog)"),
+        SettingFlag("url", "stream URL (default wss://logstream.proofpoint.com; ws only for loopback)"),
+    ),
+    log_group_output="PodStreamerLogGroupName",  # no function: the streamer is an ECS task
+    event_types=TYPES,
+    state_partitions=lambda instance: [dedup_partition(instance, event_type) for event_type in TYPES],
+)
 
 
 class PodConnector:
-    name = "pod"
-    source = SOURCE
-    secret_fields = ("token",)
+    descriptor = DESCRIPTOR
+    name = DESCRIPTOR.name
+    source = DESCRIPTOR.source
     endpoints = {"url": POD_HOSTS}
 
     def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -59,3 +86,13 @@ class PodConnector:
     def poll(self, ctx: Any) -> None:
         raise SettingsError("PoD instances are streamed by the PoD streamer task (functions/pod_streamer), "
                             "not polled")
+
+    def expected_lag(self, instance: Instance, deps: Any) -> timedelta:
+        return timedelta(0)  # a live stream: events arrive as Proofpoint sends them
+
+    def budget_pools(self, instance: Instance) -> list[tuple[str, str, int | None]]:
+        return []  # the Log API has no request budget: one websocket per type
+
+    def start_backfill(self, deps: Any, instance: Instance, since: datetime, until: datetime) -> list[str]:
+        raise SettingsError("backfill is not available for PoD: the streamer itself resumes from its checkpoint "
+                            f"after an interruption (the Log API serves up to {MAX_LOOKBACK.days} days back)")

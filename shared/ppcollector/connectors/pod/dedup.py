@@ -29,6 +29,10 @@ HASH_BYTES = 8
 IDLE_EVICT = 900.0
 
 
+def dedup_partition(instance: str, event_type: str) -> str:
+    return f"poddedup#{instance}#{event_type}"
+
+
 def id_hash(record_id: str) -> bytes:
     """64 bits of the record id (itself a SHA-256 prefix): a false "seen" is ~1e-11 per bucket."""
     return bytes.fromhex(record_id[: HASH_BYTES * 2])
@@ -54,7 +58,7 @@ class DedupStore:
     def __init__(self, kv: KeyValueStore, instance: str, event_type: str, index: dict[str, int] | None = None,
                  chunk_ids: int = CHUNK_IDS) -> None:
         self.kv = kv
-        self.pk = f"poddedup#{instance}#{event_type}"
+        self.pk = dedup_partition(instance, event_type)
         self.index: dict[str, int] = dict(index or {})
         self.chunk_ids = chunk_ids
         self._buckets: dict[str, _Bucket] = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .body import WindowBody
 from .client import TapClient
-from .connector import TapConnector
+from .connector import DESCRIPTOR, TapConnector
 from .identity import event_time_of, event_time_text
 from .settings import (
     DAILY_LIMIT,
@@ -36,9 +36,11 @@ from .settings import (
 )
 from .window import WindowPlan, plan_window
 
+CONNECTOR = TapConnector
+
 __all__ = [
-    "DAILY_LIMIT", "DEFAULT_BASE_URL", "ENDPOINTS", "EVENT_TYPES", "LOOKBACK_MARGIN", "MAX_LOOKBACK", "MAX_WINDOW",
-    "MIN_WINDOW", "SOURCE", "THREAT_STATUSES", "Endpoint", "TapClient", "TapConnector", "WindowBody", "WindowPlan",
-    "endpoints_for", "event_time_of", "event_time_text", "plan_window", "validate_event_types",
-    "validate_threat_status",
+    "CONNECTOR", "DAILY_LIMIT", "DEFAULT_BASE_URL", "DESCRIPTOR", "ENDPOINTS", "EVENT_TYPES", "LOOKBACK_MARGIN",
+    "MAX_LOOKBACK", "MAX_WINDOW", "MIN_WINDOW", "SOURCE", "THREAT_STATUSES", "Endpoint", "TapClient", "TapConnector",
+    "WindowBody", "WindowPlan", "endpoints_for", "event_time_of", "event_time_text", "plan_window",
+    "validate_event_types", "validate_threat_status",
 ]

@@ -7,6 +7,7 @@ from typing import Any
 
 from ...budget import credential_key
 from ...crashpoints import AFTER_FETCH, AFTER_SINK_COMMIT, crashpoint
+from ...descriptor import ConnectorDescriptor, SecretField, SettingFlag
 from ...errors import SettingsError, VendorRequestError, VendorThrottled
 from ...http import ALLOW_CUSTOM_ENDPOINT, allow_custom_endpoint, check_endpoint
 from ...observability import logger
@@ -23,6 +24,8 @@ from .identity import _identity_json, event_time_text
 from .settings import (
     DAILY_LIMIT,
     DEFAULT_BASE_URL,
+    EVENT_TIME_FIELD,
+    EVENT_TYPES,
     LOOKBACK_MARGIN,
     MAX_LOOKBACK,
     MIN_WINDOW,
@@ -39,10 +42,30 @@ from .window import WindowPlan, plan_window
 
 # --- the connector ----------------------------------------------------------------------------------
 
+DESCRIPTOR = ConnectorDescriptor(
+    name="tap",
+    source=SOURCE,
+    title="a TAP SIEM API tenant",
+    secrets=(SecretField("secret", "TAP service secret"),),
+    flags=(
+        SettingFlag("principal", "TAP service principal", required=True),
+        SettingFlag("event_types", "all | issues | comma list of " + ",".join(EVENT_TYPES) + " (default all)"),
+        SettingFlag("threat_status", f"comma list of {','.join(THREAT_STATUSES)} (default all three)"),
+        SettingFlag("poll_interval", "polling interval (default 5m)", flag="--interval"),
+        SettingFlag("base_url", "API base URL (https; http only for loopback)"),
+        SettingFlag("settle_lag", "how far behind now a window ends (default stack's)"),
+        SettingFlag("initial_lookback", "how far back a new instance starts (1h)"),
+    ),
+    function="TapPollerFunction",
+    log_group_output="TapPollerLogGroupName",
+    event_types=tuple(EVENT_TIME_FIELD),
+)
+
+
 class TapConnector:
-    name = "tap"
-    source = SOURCE
-    secret_fields = ("secret",)
+    descriptor = DESCRIPTOR
+    name = DESCRIPTOR.name
+    source = DESCRIPTOR.source
     endpoints = {"base_url": TAP_HOSTS}
 
     def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
