@@ -109,7 +109,7 @@ def test_a_descriptor_keeps_the_contracts_source_and_key_names():
 def test_no_connector_member_is_probed_with_getattr_or_hasattr():
     """The protocol declares what the spine, the dispatcher and ppctl call; they call it, never probe for it."""
     members = {k for k, v in vars(Connector).items() if callable(v) and not k.startswith("_")}
-    assert {"expected_lag", "budget_pools", "start_backfill", "poll", "test_call", "validate_settings"} <= members
+    assert {"expected_lag", "budget_pools", "start_backfill", "test_call", "validate_settings"} <= members
     probed = []
     files = [*(ROOT / "shared" / "ppcollector").glob("*.py"), *(ROOT / "cli" / "ppctl").glob("*.py")]
     for path in files:
