@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .errors import SettingsError
 
-SOURCE_PREFIX = "proofpoint_"  # a record's source is proofpoint_<connector> (CONTRACT.md §4)
+SOURCE_PREFIX = "proofpoint_"  # a record's source is proofpoint_<connector> (docs/CONTRACT.md §4)
 _NAME = re.compile(r"^[a-z]{1,30}$")  # part of S3 keys (sinks.ARCHIVE_KEY), metric dimensions, ppctl commands
 
 
