@@ -55,7 +55,7 @@ def test_a_connector_package_outside_the_library_is_registered_polled_shown_and_
         summary = handle_poll_event("echo", {"instance": "echo-it"}, FakeContext(), deps=build_deps(
             config, aws_clients()))
     assert summary["events"] == 2
-    landed = stack_reader.s3_records("proofpoint/source=echo/instance=echo-it/")
+    landed = stack_reader.s3_records("echo", "echo-it")
     assert sorted((r["event_type"], r["raw"]["text"]) for r in landed) == [("farewell", "bye"), ("greeting", "hello")]
 
     rows = json.loads(run_ppctl("status", "--json", "--stack", stack, env=ECHO).stdout)

@@ -361,6 +361,20 @@ def test_a_connectors_outputs_name_its_function_and_log_group(template, resource
         assert f'handle_poll_event("{connector.name}"' in handler.read_text()  # it polls this connector
 
 
+@pytest.mark.parametrize("connector", CONNECTORS, ids=lambda c: c.name)
+def test_athena_projects_exactly_the_event_types_a_connector_writes(resources, connector: ConnectorDescriptor):
+    """A table over source=<name> projects its event_type partitions from a fixed list: a type missing there
+    would be archived but never queried."""
+    projected = set()
+    for resource in resources.values():
+        if resource["Type"] != "AWS::Glue::Table":
+            continue
+        table = resource["Properties"]["TableInput"]
+        if _sub_text(table["StorageDescriptor"]["Location"]).endswith(f"/proofpoint/source={connector.name}/"):
+            projected |= set(table["Parameters"]["projection.event_type.values"].split(","))
+    assert projected == set(connector.event_types)
+
+
 def test_every_function_is_a_connectors(resources):
     """ppctl finds a function (local invoke) and its log group (logs) through its connector's descriptor."""
     functions = {k for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
