@@ -20,10 +20,14 @@ from ..spine import Connector
 EXTRA_CONNECTORS_VARIABLE = "PPCOLLECTOR_CONNECTORS"
 
 
+@cache
+def _builtin_modules() -> tuple[str, ...]:
+    return tuple(sorted(f"{__name__}.{module.name}" for module in pkgutil.iter_modules(__path__) if module.ispkg))
+
+
 def connector_modules() -> tuple[str, ...]:
-    builtin = sorted(f"{__name__}.{module.name}" for module in pkgutil.iter_modules(__path__) if module.ispkg)
     extra = [name.strip() for name in os.environ.get(EXTRA_CONNECTORS_VARIABLE, "").split(",") if name.strip()]
-    return (*builtin, *extra)
+    return (*_builtin_modules(), *extra)
 
 
 @cache
