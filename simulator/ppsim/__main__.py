@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     pod.add_argument("--padding-bytes", type=int, default=0)
     pod.add_argument("--large-frame-every", type=int, default=0, help="about 1 message event in N is large")
     pod.add_argument("--large-frame-bytes", type=int, default=5_000_000)
+    pod.add_argument("--archive-lag-seconds", type=float, default=0.0,
+                     help="archive reads end this long before now (the real archive: >= 1800)")
     pod.add_argument("--verbose", action="store_true", help="log connection errors to stderr")
     return parser
 
@@ -76,6 +78,7 @@ def _make_simulator(args: argparse.Namespace) -> tuple[str, TapSimulator | CasbS
             padding_bytes=args.padding_bytes,
             large_frame_every=args.large_frame_every,
             large_frame_bytes=args.large_frame_bytes,
+            archive_lag_seconds=args.archive_lag_seconds,
             port=args.port,
         )
     if args.simulator == "casb":

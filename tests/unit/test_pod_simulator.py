@@ -366,6 +366,26 @@ def test_archive_read_rounds_to_hours_and_closes_with_1000(make_sim):
     assert sim.position(TOKEN, "message") == position >= live_position
 
 
+def test_archive_lag_and_a_clock_file_shared_with_the_streamer(make_sim, tmp_path):
+    """The real archive is >= 30 min stale (archive_lag_seconds); the recovery tests move the simulator's
+    clock and the streamer's together through one file (ppcollector.timetravel)."""
+    from ppcollector.timetravel import FileClock
+
+    clock = FileClock(tmp_path / "clock")
+    sim = make_sim(events_per_minute={"message": 30, "maillog": 30}, archive_lag_seconds=1800, clock=clock.time)
+    start = datetime.fromtimestamp(sim.now(), UTC) - timedelta(minutes=20)
+    frames, code = recv_until_close(connect(sim, "message", sinceTime=start.strftime("%Y-%m-%dT%H:%M:%SZ")))
+    assert code == 1000
+    newest = max((ts_us(json.loads(f)) for f in frames), default=0)
+    assert newest <= (sim.now() - 1800) * US, "nothing newer than the lag"
+    clock.set_offset(1800 + 60)
+    assert abs(sim.now() - (time.time() + 1860)) < 1
+    frames, code = recv_until_close(connect(sim, "message", sinceTime=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                            toTime=(start + timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")))
+    ids = [json.loads(f)["guid"] for f in frames]
+    assert code == 1000 and set(sim.expected_ids("message", start, start + timedelta(minutes=20))) <= set(ids)
+
+
 # --- frames -----------------------------------------------------------------------------------------
 
 

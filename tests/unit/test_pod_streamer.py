@@ -33,8 +33,9 @@ FAST = Timing(reconnect_base=0.05, reconnect_cap=0.5, conflict_base=0.2, conflic
 
 
 def fast_settings(**overrides: Any) -> StreamerSettings:
+    # The simulator's archive is fresh (archive_lag_seconds=0) unless a test says otherwise.
     values = {"flush_age_seconds": 0.5, "ping_interval_seconds": 1.0, "registry_refresh_seconds": 0.5,
-              "lease_seconds": 8.0, **overrides}
+              "lease_seconds": 8.0, "archive_staleness_seconds": 0.0, **overrides}
     return StreamerSettings(**values)
 
 
@@ -319,7 +320,7 @@ def test_restart_resumes_live_and_persisted_dedup_drops_the_archive_overlap(make
     assert cursor.data["session_open"] is None and cursor.data["dedup_index"]
     # The next start must re-read the archive (as after a crash): everything it re-sends was written.
     deps.state.kv.put(f"inst#{instance.name}", "cursor#message",
-                      {**cursor.data, "need_archive_since": cursor.position}, cursor.version)
+                      {**cursor.data, "owed": {"since": cursor.position, "until": cursor.position}}, cursor.version)
     running = Running(deps)
     wait_for(lambda: any(c.get("mode") == "live" for c in sim.stats()["connections"][-1:]) and
              len(sink.records) > first_run + 5, 20)
@@ -395,8 +396,9 @@ def test_pending_marker_recovery_exact_in_s3_and_reput_to_kinesis(make_sim):
             "session_open": {"owner": "dead-task", "opened_at": (now - timedelta(minutes=15)).isoformat()},
             "pending": {"batch": name, "keys": [key_a, key_b], "records": len(written) + len(lost)}}, 0)
         running = Running(deps)
-        wait_for(lambda: any(c.get("mode") == "live" for c in sim.stats()["connections"]), 30)
-        time.sleep(1.0)
+        # Live first (the dead session's range ends where the live stream resumes), then the archive.
+        wait_for(lambda: [c["mode"] for c in sim.stats()["connections"]] == ["live", "archive", "live"]
+                 and not deps.state.get_cursor(instance.name, "message").data.get("owed"), 30)
         running.stop()
         assert s3.head_object(Bucket="raw", Key=key_a)["ETag"] == etag, "the written object is not rewritten"
         s3_ids = []
@@ -412,7 +414,77 @@ def test_pending_marker_recovery_exact_in_s3_and_reput_to_kinesis(make_sim):
                        kinesis.get_records(ShardIterator=iterator, Limit=10000)["Records"]]
         assert {e["guid"] for e in written} <= set(kinesis_ids), "records found in S3 are re-put to Kinesis"
         cursor = deps.state.get_cursor(instance.name, "message")
-        assert cursor.data["pending"] is None and cursor.data["need_archive_since"] is None
+        assert cursor.data["pending"] is None and cursor.data["owed"] is None
+
+
+def test_owed_range_merges_stays_open_until_live_and_is_settled_only_by_a_covering_read():
+    from ppcollector.connectors.pod.recovery import Owed
+
+    t = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    staleness = timedelta(minutes=45)
+    crash = Owed(t, None)
+    gap = Owed(t - timedelta(hours=2), t - timedelta(minutes=50))
+    merged = crash.merge(gap)
+    assert merged == Owed(t - timedelta(hours=2), None), "open stays open: its end comes later"
+    assert merged.readable_at(staleness) is None and "45 min after the live stream reconnects" in merged.describe(
+        staleness)
+    closed = merged.closed_at(t + timedelta(minutes=3))
+    assert closed.readable_at(staleness) == t + timedelta(minutes=48)
+    assert closed.describe(staleness) == ("recovering archive since 2026-11-20T10:00:00Z "
+                                          "(archive readable after 2026-11-20T12:48:00Z)")
+    assert Owed.load(closed.dump()) == closed and Owed.load(None) is None
+    assert closed.covered_by(Owed(t - timedelta(hours=2, minutes=5), t + timedelta(minutes=3)))
+    assert not closed.covered_by(Owed(t - timedelta(hours=2), t)), "a read ending before the range settles nothing"
+    assert not merged.covered_by(Owed(t - timedelta(hours=3), t + timedelta(hours=1))), "an open range is never"
+    assert StreamerSettings.from_env({}).archive_staleness == timedelta(minutes=45)
+    assert StreamerSettings.from_env({"POD_ARCHIVE_STALENESS_SECONDS": "3600"}).archive_staleness_seconds == 3600
+    with pytest.raises(SettingsError):
+        StreamerSettings.from_env({"POD_ARCHIVE_STALENESS_SECONDS": "-1"})
+
+
+def test_a_crash_is_owed_until_the_archive_can_serve_it_however_many_restarts(make_sim, tmp_path):
+    """Issue 10.4: the archive is 30 min stale; a read right after a crash would complete empty."""
+    from ppcollector.timetravel import FileClock
+
+    clock = FileClock(tmp_path / "clock")  # the streamer and the simulator jump together
+    sim = make_sim(events_per_minute=20, archive_lag_seconds=1800, clock=clock.time)
+    deps, sink, instance = setup(sim)
+    deps.clock = clock.utcnow
+    settings = fast_settings(archive_staleness_seconds=2700)
+    now = deps.clock()
+    flushed = now - timedelta(minutes=12)
+    # A task died 12 minutes after its last flush: the server sent it events up to now (its first live
+    # session here starts at now), which only the archive can bring back.
+    deps.state.kv.put(f"inst#{instance.name}", "cursor#message", {
+        "position": flushed.isoformat(), "last_connected": now.isoformat(),
+        "session_open": {"owner": "dead-task", "opened_at": (now - timedelta(minutes=20)).isoformat()}}, 0)
+
+    def owed() -> dict | None:
+        return deps.state.get_cursor(instance.name, "message").data.get("owed")
+
+    for _ in range(2):  # a restart meanwhile keeps the range
+        running = Running(deps, settings)
+        wait_for(lambda: sim.stats()["sessions_open"] and owed() and owed()["until"] and sink.records, 20)
+        status = deps.state.get_status(instance.name)["types"]["message"]
+        running.stop()
+        assert status["state"] == "Degraded"
+        assert status["reason"].startswith(f"recovering archive since {owed()['since']} (archive readable after ")
+        assert [c["mode"] for c in sim.stats()["connections"]].count("archive") == 0, "not readable yet"
+    assert parse_timestamp(owed()["since"]) == flushed - timedelta(minutes=5)
+    running = Running(deps, settings)
+    wait_for(lambda: sim.stats()["sessions_open"], 20)
+    sim.add_fault("close_after_frames", frames=3, code=1001)  # the first read does not complete (1001)
+    clock.set_offset(2700 + 60)  # the archive's staleness passes
+    wait_for(lambda: owed() is None and sim.stats()["sessions_open"]
+             and sim.stats()["connections"][-1]["mode"] == "live", 30)
+    wait_for(lambda: deps.state.get_status(instance.name)["types"]["message"]["state"] == "Active", 10)
+    running.stop()
+    modes = [c["mode"] for c in sim.stats()["connections"] if c["status"] == 101]
+    assert modes == ["live", "live", "live", "archive", "archive", "live"]
+    ids = ids_of(sink)
+    assert len(ids) == len(set(ids)), "the archive overlap is dropped by the persisted dedup"
+    missing = set(sim.expected_ids("message", flushed, sim.position(TOKEN, "message"))) - set(ids)
+    assert not missing, f"{len(missing)} events the dead task had received were lost"
 
 
 # --- single session, SIGTERM ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 from ...errors import SettingsError
 
@@ -19,6 +20,9 @@ class StreamerSettings:
     ping_interval_seconds: float = 30.0
     registry_refresh_seconds: float = 30.0
     lease_seconds: float = 60.0
+    # How stale Proofpoint's archive is (pod.md §1.3: at least ~30 min) plus a margin: an owed range is
+    # read only once it is this old, or the read would complete without its newest events.
+    archive_staleness_seconds: float = 2700.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> StreamerSettings:
@@ -44,6 +48,7 @@ class StreamerSettings:
             ping_interval_seconds=number("POD_PING_INTERVAL_SECONDS", 30.0, 1.0, 300.0),
             registry_refresh_seconds=number("POD_REGISTRY_REFRESH_SECONDS", 30.0, 1.0, 3600.0),
             lease_seconds=number("POD_LEASE_SECONDS", 60.0, 5.0, 3600.0),
+            archive_staleness_seconds=number("POD_ARCHIVE_STALENESS_SECONDS", 2700.0, 0.0, 6 * 3600.0),
         )
         return settings
 
@@ -51,6 +56,10 @@ class StreamerSettings:
     def lease_renew_seconds(self) -> float:
         """Renew at a quarter of the lease: three renewals can fail before another owner may take it."""
         return self.lease_seconds / 4
+
+    @property
+    def archive_staleness(self) -> timedelta:
+        return timedelta(seconds=self.archive_staleness_seconds)
 
     @property
     def dead_after_seconds(self) -> float:

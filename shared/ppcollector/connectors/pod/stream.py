@@ -6,11 +6,15 @@ Where things happen (``TypeStream``):
   connects only while its lease is held; a failed renewal (another owner) closes it at once. The token
   allows one session per type (docs/vendors/pod.md §1.4), so this is what keeps two tasks from fighting.
 - **resume** (``_decide``): live mode (no time parameters) by default: within an hour the server
-  resumes where the dropped session stopped. ONE archive read (``sinceTime`` = newest flushed ``ts``,
-  read until Proofpoint closes with 1000, then live) when the last live connection is older than
-  ``RESUME_SAFE``, when a previous session may have received events it never flushed (``session_open``
-  still set: SIGKILL, a lost lease), or when a live stream resumes more than ``RESUME_SAFE`` after
-  the newest flushed event (the server's one-hour rule, seen in the data).
+  resumes where the dropped session stopped. What only the archive can fill is kept in the checkpoint
+  as an *owed* range (``recovery.py``): after a session that may have received events it never
+  flushed (``session_open`` still set: SIGKILL, a lost lease, a close that did not complete; the range
+  stays open until the next live connection), after more than ``RESUME_SAFE`` without a live
+  connection, or when a live stream resumes more than ``RESUME_SAFE`` after the newest flushed event
+  (the server's one-hour rule, seen in the data). The stream goes live at once; once the archive can
+  serve the whole range (``POD_ARCHIVE_STALENESS_SECONDS`` after its end) the live session is closed,
+  the range read (``sinceTime``/``toTime``) until Proofpoint closes with 1000, and live resumes. Only
+  that completion clears the range; meanwhile the type is Degraded "recovering archive since ...".
 - **frames → batch** (``_on_frame``): decode, skip empty, count malformed (never logged), drop ids
   already written (``dedup.py``) or already in the batch.
 - **flush** (``_flush``): pending marker → sinks → dedup ids → checkpoint (clears the marker), in
@@ -54,6 +58,7 @@ from .connector import PodConnector
 from .dedup import DedupStore
 from .events import event_time, record_id
 from .handshake import StreamConflict, is_fatal
+from .recovery import Owed
 from .settings import SOURCE, stream_url
 
 # the server resumes a drop of under an hour (docs/vendors/pod.md §1.4): keep a margin
@@ -203,8 +208,10 @@ class TypeStream:
         self.dedup: DedupStore | None = None
         # session
         self.batch = Batch()
-        self.need_archive: datetime | None = None  # set by gap detection, persisted at the next flush
-        self.archive_to: datetime | None = None
+        self.owed: Owed | None = None  # the checkpoint's ``owed``, plus what this session found
+        self.owed_dirty = False  # changed since the last checkpoint: the next flush writes it
+        self.archive_read: Owed | None = None  # the range the current archive session reads
+        self.next_due_check = 0.0  # monotonic: when a live session next asks whether the read is due
         self.sink_retry_at = 0.0
         self.reconnect = Backoff(self.timing.reconnect_base, self.timing.reconnect_cap)
         self.conflict = Backoff(self.timing.conflict_base, self.timing.conflict_cap)
@@ -266,10 +273,12 @@ class TypeStream:
 
     def _session(self, since: datetime | None) -> None:
         archive = since is not None
-        url = stream_url(self.instance.settings, self.event_type, since, self.archive_to if archive else None)
+        read = self.archive_read
+        url = stream_url(self.instance.settings, self.event_type, since, read.until if read else None)
         resumable = self.cursor.moment is not None and not archive
         # Before the handshake: from now on events may arrive that are not flushed yet.
-        self._checkpoint(session_open={"owner": self.owner, "opened_at": format_rfc3339(self.deps.clock())})
+        self._checkpoint(session_open={"owner": self.owner, "opened_at": format_rfc3339(self.deps.clock()),
+                                       "mode": "archive" if archive else "live"})
         try:
             connection = PodConnection.open(url, self._token, self.event_type)
         except StreamConflict as exc:
@@ -295,8 +304,13 @@ class TypeStream:
         now = self.deps.clock()
         mode = f"archive read since {format_rfc3339(since)}" if archive else "live"
         if not archive:
-            self._checkpoint(last_connected=format_rfc3339(now))
-        self._status(ACTIVE, mode, last_connected=format_rfc3339(now))
+            connected_changes: dict[str, Any] = {"last_connected": format_rfc3339(now)}
+            if self.owed is not None and self.owed.until is None:
+                # The live stream resumes here: whatever an earlier session lost lies before this moment.
+                self.owed = self.owed.closed_at(self._server_now())
+                connected_changes["owed"] = self.owed.dump()
+            self._checkpoint(**connected_changes)
+        self._status(*self._health(mode), last_connected=format_rfc3339(now))
         logger.info(f"pod: {self.event_type} stream connected ({mode})", extra=self.log_fields)
         try:
             why, end = self._pump(connection, archive, resumable)
@@ -306,11 +320,11 @@ class TypeStream:
         if why == "lease_lost":
             raise LeaseLost("the lease was taken by another owner")
         archive_complete = archive and end is not None and end.kind == "close" and end.code == 1000
-        if not self._retry_flush(end_session=True, live=not archive, archive_complete=archive_complete):
+        if archive_complete:
+            self._archive_read_completed(read)
+        if not self._retry_flush(end_session=True, live=not archive):
             return
-        if why in ("stopped", "gap") or archive_complete:
-            if why == "gap":
-                self.totals["reconnects"] += 1
+        if why in ("stopped", "archive_due") or archive_complete:
             return
         if time.monotonic() - connected > 60 or self.last_message is not None:
             self.reconnect.reset()
@@ -340,10 +354,12 @@ class TypeStream:
                 event = self._on_frame(frame)
                 if event is not None and first and not archive:
                     first = False
-                    if resumable and self._gap_in_data(event):
-                        return "gap", self._close(connection)
+                    if resumable:
+                        self._gap_in_data(event)
             if self._flush_due() and time.monotonic() >= self.sink_retry_at:
                 self._flush(live=not archive)
+            if not archive and self._archive_due():
+                return "archive_due", self._close(connection)
             connection.ping_if_due(self.settings.ping_interval_seconds)
             if not blocked and connection.silent_for() > self.settings.dead_after_seconds:
                 connection.abort()
@@ -370,23 +386,57 @@ class TypeStream:
                 end = frame
                 break
             self._on_frame(frame)
-        if not completed:
-            logger.warning("pod: the close handshake did not complete; the next start reads the archive",
-                           extra=self.log_fields)
-            self.need_archive = self._archive_base()
+        if not completed and self.archive_read is None:
+            logger.warning("pod: the close handshake did not complete; the events since the newest flushed one "
+                           "are owed by the archive", extra=self.log_fields)
+            self._owe(Owed(self._archive_base() - ARCHIVE_MARGIN, None))
         return end
 
-    def _gap_in_data(self, ts: datetime | None) -> bool:
+    def _gap_in_data(self, ts: datetime | None) -> None:
         """A live reconnect resumed far after the newest flushed event: the server's one-hour resume
-        window had passed (its clock decides, not ours), so the events in between need the archive."""
+        window had passed (its clock decides, not ours), so the events in between are owed."""
         newest = self.cursor.moment
         if ts is None or newest is None or ts - newest <= RESUME_SAFE:
-            return False
+            return
         logger.warning(f"pod: the live {self.event_type} stream resumed {int((ts - newest).total_seconds() // 60)} "
-                       "min after the newest flushed event; reading the archive to fill the gap",
-                       extra=self.log_fields)
-        self.need_archive = newest
-        return True
+                       "min after the newest flushed event; the gap is owed by the archive", extra=self.log_fields)
+        self._owe(Owed(newest - ARCHIVE_MARGIN, ts))
+
+    # --- the owed range (recovery.py) ---------------------------------------------------------------
+    def _owe(self, owed: Owed) -> None:
+        """Record a range this session found; the next checkpoint persists it."""
+        self.owed = owed.merge(self.owed)
+        self.owed_dirty = True
+        self.next_due_check = 0.0
+
+    def _server_now(self) -> datetime:
+        """Our clock, or Proofpoint's when events show it is ahead (the newest ``ts`` seen)."""
+        now = self.deps.clock()
+        return max(now, self.newest_seen) if self.newest_seen is not None else now
+
+    def _archive_due(self) -> bool:
+        """While live: can the archive now serve the whole owed range? Asked about once a second."""
+        if self.owed is None or time.monotonic() < self.next_due_check:
+            return False
+        self.next_due_check = time.monotonic() + 1.0
+        readable = self.owed.readable_at(self.settings.archive_staleness)
+        return readable is not None and self._server_now() >= readable
+
+    def _archive_read_completed(self, read: Owed | None) -> None:
+        """Proofpoint closed the read with 1000: the owed range is settled if the read covered it (a
+        range that grew meanwhile stays owed). Persisted with the read's last events."""
+        if self.owed is None or read is None or not self.owed.covered_by(read):
+            return
+        logger.info(f"pod: the archive read up to {format_rfc3339(read.until)} completed; nothing is owed any "
+                    "more", extra=self.log_fields)
+        self.owed = None
+        self.owed_dirty = True
+
+    def _health(self, mode: str) -> tuple[str, str]:
+        """The type's state while connected: Degraded as long as a range is owed."""
+        if self.owed is None:
+            return ACTIVE, mode
+        return DEGRADED, self.owed.describe(self.settings.archive_staleness)
 
     # --- frames ------------------------------------------------------------------------------------
     def _on_frame(self, frame: Any) -> datetime | None:
@@ -450,22 +500,15 @@ class TypeStream:
             self._sleep(wait, stop_aware=False)
         return True
 
-    def _flush(self, end_session: bool = False, live: bool = False, archive_complete: bool = False) -> bool:
+    def _flush(self, end_session: bool = False, live: bool = False) -> bool:
         now = self.deps.clock()
         extra: dict[str, Any] = {}
         if live:
             extra["last_connected"] = format_rfc3339(now)
         if end_session:
             extra["session_open"] = None
-        if archive_complete:
-            extra["need_archive_since"] = None
-            extra["last_connected"] = format_rfc3339(self.archive_to or now)  # the archive covered up to here
-            self.archive_to = None
-        if self.need_archive is not None:
-            current = self.cursor.data.get("need_archive_since")
-            base = min(filter(None, [self.need_archive, parse_timestamp(current) if current else None]))
-            extra["need_archive_since"] = format_rfc3339(base)
-            self.need_archive = None
+        if self.owed_dirty:  # found or settled by this session: written with its events
+            extra["owed"] = self.owed.dump() if self.owed else None
         batch = self.batch
         if not batch.records:
             if extra:
@@ -529,14 +572,16 @@ class TypeStream:
         self.next_metrics = time.monotonic() + METRICS_SECONDS
         emit_metrics("pod", self.instance.name, values, type=self.event_type)
         if not self.stopping:
-            self._status(ACTIVE, self._mode_reason(), top={
-                "last_success": format_rfc3339(now), "last_events": count, "last_error": ""},
+            state, reason = self._health(self._mode_reason())
+            self._status(state, reason, top={
+                "last_success": format_rfc3339(now), "last_events": count,
+                "last_error": "" if state == ACTIVE else reason},
                 newest_ts=format_rfc3339(newest) if newest else None,
                 last_message=format_rfc3339(self.last_message) if self.last_message else None,
                 reconnects=self.totals["reconnects"])
 
     def _mode_reason(self) -> str:
-        return "archive read" if self.archive_to is not None else "live"
+        return "archive read" if self.archive_read is not None else "live"
 
     def _gauges(self, now: datetime) -> dict[str, tuple[float, Any]]:
         values: dict[str, tuple[float, Any]] = {}
@@ -564,11 +609,14 @@ class TypeStream:
                 self.instance.name, cursor, cursor.position if position is ... else position, **changes)
         except CursorConflict as exc:
             raise LeaseLost(str(exc)) from exc
+        if "owed" in changes:
+            self.owed_dirty = False
 
     def _load_checkpoint(self) -> None:
         self.cursor = self.deps.state.get_cursor(self.instance.name, self.event_type)
         self.dedup = DedupStore(self.deps.state.kv, self.instance.name, self.event_type,
                                 self.cursor.data.get("dedup_index"))
+        self.owed, self.owed_dirty = Owed.load(self.cursor.data.get("owed")), False
         if self.cursor.data.get("pending"):
             self._recover_pending()
 
@@ -624,24 +672,37 @@ class TypeStream:
         return (parse_timestamp(opened) if opened else self.deps.clock()) - timedelta(hours=1)
 
     def _decide(self) -> datetime | None:
-        """None: connect live. A datetime: read the archive from there first (sinceTime)."""
+        """None: connect live. A datetime: read the owed range from there first (sinceTime); only once
+        the archive can serve all of it, else the stream goes live and ``_archive_due`` asks again."""
         data = self.cursor.data
         now = self.deps.clock()
-        need = [parse_timestamp(data["need_archive_since"])] if data.get("need_archive_since") else []
-        why = ""
-        if data.get("session_open"):
-            need.append(self._archive_base())
+        self.archive_read = None
+        found, why = None, ""
+        opened = data.get("session_open")
+        if opened and opened.get("mode", "live") == "live":  # an archive read moves no live position
+            found = Owed(self._archive_base() - ARCHIVE_MARGIN, None)
             why = "a previous session may have received events it never flushed"
         elif data.get("last_connected") and self.cursor.moment is not None:
             gap = now - parse_timestamp(data["last_connected"])
-            if gap > RESUME_SAFE:
-                need.append(self.cursor.moment)
+            if gap > RESUME_SAFE:  # the server resumes at most an hour back (pod.md §1.4)
+                found = Owed(self.cursor.moment - ARCHIVE_MARGIN, now - RESUME_SAFE)
                 why = f"the last live connection was {int(gap.total_seconds() // 60)} min ago"
-        if not need:
-            self.archive_to = None
+        if data.get("need_archive_since"):  # the field of earlier versions: from there to the next connect
+            found = Owed(parse_timestamp(data["need_archive_since"]) - ARCHIVE_MARGIN, None).merge(found)
+            why = why or "an archive read was pending"
+        if found is not None:
+            self.owed = found.merge(self.owed)
+            # Persisted before anything else happens. What the server's resume rule skips from here on
+            # is owed, so its clock restarts now.
+            self._checkpoint(owed=self.owed.dump(), session_open=None, last_connected=format_rfc3339(now),
+                             **({"need_archive_since": None} if "need_archive_since" in data else {}))
+            logger.warning(f"pod: the {self.event_type} events since {format_rfc3339(self.owed.since)} are owed by "
+                           f"the archive ({why})", extra=self.log_fields)
+        owed = self.owed
+        readable = owed.readable_at(self.settings.archive_staleness) if owed else None
+        if owed is None or readable is None or self._server_now() < readable:
             return None
-        base = min(need)
-        since = (base - ARCHIVE_MARGIN).replace(minute=0, second=0, microsecond=0)
+        since = owed.since.replace(minute=0, second=0, microsecond=0)
         earliest = (now - MAX_LOOKBACK).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         if since < earliest:
             record_gap(self.deps, self.instance, PollReport(), {
@@ -649,11 +710,11 @@ class TypeStream:
                 "why": "PoD serves at most 30 days of archive; these events can no longer be collected",
                 "recorded_at": format_rfc3339(now)})
             since = earliest
-        # toTime: now, or later if events show the server's clock is ahead of ours (it rounds up to the hour).
-        self.archive_to = max(now, self.newest_seen or now)
-        self._checkpoint(need_archive_since=format_rfc3339(base), session_open=None)
-        logger.info(f"pod: reading the archive since {format_rfc3339(since)} before going live"
-                    + (f" ({why})" if why else ""), extra=self.log_fields)
+            self.owed = owed = Owed(earliest, owed.until)
+            self._checkpoint(owed=owed.dump())
+        self.archive_read = Owed(since, owed.until)
+        logger.info(f"pod: reading the archive from {format_rfc3339(since)} to {format_rfc3339(owed.until)} "
+                    "(the owed range; the server rounds to whole hours)", extra=self.log_fields)
         return since
 
     # --- lease ---------------------------------------------------------------------------------------
@@ -888,6 +949,7 @@ def main(env: dict[str, str] | None = None, install_signals: bool = True,
     """The task's entry: parse the environment, build the dependencies, stream until SIGTERM/SIGINT."""
     import signal
 
+    from ... import timetravel
     from ...config import RuntimeConfig
     from ...runtime import aws_clients, build_deps
     from ...secrets import SecretsManagerStore
@@ -896,6 +958,7 @@ def main(env: dict[str, str] | None = None, install_signals: bool = True,
     settings = StreamerSettings.from_env(env)
     clients = clients or aws_clients()
     deps = build_deps(config, clients)
+    deps.clock = timetravel.clock(env)  # utcnow itself unless a recovery test names its clock file
     # Secrets are re-read at each registry refresh so a rotated token restarts its streams promptly.
     deps.secrets = SecretsManagerStore(clients["secretsmanager"], cache_seconds=settings.registry_refresh_seconds)
     if "cloudwatch" not in clients:
