@@ -152,3 +152,126 @@ def test_casb_crash_at_every_boundary_loses_nothing(deployed_stack, stack_reader
     assert lost == 0 and duplicates == 0
     streamed = {r["id"] for r in stack_reader.kinesis_records() if r["instance"] == name}
     assert {r["id"] for r in landed} <= streamed
+
+
+# --- PoD: a hard kill and a frozen holder, against an archive as stale as the real one -------------
+
+def pod_unwritten(sim, state, name: str) -> int:
+    """Events the simulator has sent (its live position moved past them) that no checkpoint covers."""
+    from tests.integration.test_pod_streamer import TOKEN
+
+    cursor = state.get_cursor(name, "message")
+    if cursor.moment is None:
+        return 0
+    return len(sim.expected_ids("message", cursor.moment + timedelta(microseconds=1), sim.position(TOKEN, "message")))
+
+
+def pod_lease_owner(state, name: str) -> str:
+    item = state.kv.get(f"inst#{name}", "lease#message")
+    return (item.data.get("owner") or "") if item else ""
+
+
+def pod_outcome(sim, stack_reader, name: str) -> tuple[int, int]:
+    """(lost, duplicates in S3) against the simulator's ground truth, added to the fault matrix."""
+    from ppcollector.connectors.pod import record_id
+    from tests.integration.test_pod_streamer import TOKEN, landed
+
+    first = min(c["from_us"] for c in sim.stats()["connections"] if c["status"] == 101 and c["mode"] == "live")
+    expected = sim.expected_ids("message", first / 1e6, sim.position(TOKEN, "message"))
+    s3, kinesis = landed(stack_reader, name)
+    lost = len(set(expected) - {i for (_, i) in s3})
+    duplicates = sum(n - 1 for n in s3.values() if n > 1)
+    FAULT_MATRIX["faults injected"] += 1
+    FAULT_MATRIX["events simulated"] += len(expected)
+    FAULT_MATRIX["events lost"] += lost
+    FAULT_MATRIX["duplicates in S3"] += duplicates
+    streamed = Counter(r["id"] for r in stack_reader.kinesis_records() if r.get("instance") == name)
+    FAULT_MATRIX["duplicates in Kinesis (same id)"] += sum(n - 1 for n in streamed.values() if n > 1)
+    assert expected, "the simulator sent events"
+    assert {record_id("message", {"guid": i}) for i in expected} <= set(streamed), "Kinesis lacks events"
+    return lost, duplicates
+
+
+def test_pod_sigkill_mid_stream_loses_nothing_once_the_archive_can_serve_it(deployed_stack, stack_reader, tmp_path):
+    """Issue 10.4: the archive is 30 min stale; a SIGKILL leaves events sent but never written. They
+    stay owed through further kills and are read once the staleness has passed (the clock jumps)."""
+    from ppcollector.timetravel import CLOCK_FILE, FileClock
+    from ppsim.pod import PodSimulator
+    from tests.integration.test_pod_streamer import CID, TOKEN, Streamer, registered, wait_for
+
+    clock = FileClock(tmp_path / "clock")
+    settings = {CLOCK_FILE: str(clock.path), "POD_ARCHIVE_STALENESS_SECONDS": "2700", "POD_FLUSH_AGE_SECONDS": "3"}
+    logs = tmp_path / "streamer.log"
+    name = "fm-pod-sigkill"
+    with PodSimulator({TOKEN: CID}, seed=31, events_per_minute=60, duplicate_rate=0.02, types=("message",),
+                      archive_lag_seconds=1800, clock=clock.time) as sim, \
+            registered(deployed_stack, sim, name, ("message",)) as state:
+        def cursor():
+            return state.get_cursor(name, "message")
+
+        owed_since = None
+        for kill in range(2):
+            before = cursor().position
+            streamer = Streamer(deployed_stack, logs, settings=settings)
+            # This run wrote a batch, holds events sent but unwritten, and (after a kill) owes a closed range.
+            wait_for(lambda before=before, kill=kill: cursor().position != before
+                     and pod_unwritten(sim, state, name) >= 3
+                     and (kill == 0 or (cursor().data.get("owed") or {}).get("until")), 40, "events in flight")
+            if kill:
+                entry = state.get_status(name)["types"]["message"]
+                assert entry["state"] == "Degraded" and entry["reason"].startswith("recovering archive since ")
+                owed_since = cursor().data["owed"]["since"]
+            streamer.sigkill()
+            assert pod_unwritten(sim, state, name) >= 1, "the kill left events sent but not written"
+            stack_reader.time_travel()  # the dead task's lease expires
+        streamer = Streamer(deployed_stack, logs, settings=settings)
+        wait_for(lambda: (cursor().data.get("owed") or {}).get("until") and sim.stats()["sessions_open"], 30,
+                 "live again, the range still owed")
+        assert cursor().data["owed"]["since"] <= owed_since, "a restart keeps (and widens) the owed range"
+        assert not [c for c in sim.stats()["connections"] if c["mode"] == "archive"], "not readable yet: no read"
+        clock.set_offset(2700 + 60)  # the archive's staleness passes, for Proofpoint and for the task
+        wait_for(lambda: cursor().data.get("owed") is None
+                 and [c["mode"] for c in sim.stats()["connections"] if c["status"] == 101][-2:] == ["archive", "live"]
+                 and state.get_status(name)["types"]["message"]["state"] == "Active", 40, "the owed range read")
+        code, _ = streamer.sigterm()
+        assert code == 0
+        lost, duplicates = pod_outcome(sim, stack_reader, name)
+    assert lost == 0 and duplicates == 0
+
+
+def test_pod_frozen_holder_resumed_after_a_takeover_writes_nothing(deployed_stack, stack_reader, tmp_path):
+    """SIGSTOP the session holder past its lease; the standby takes over (the real 409 keeps it off the
+    stream until the frozen session is gone); SIGCONT: the old holder's checkpoint write is refused."""
+    import signal
+
+    from ppsim.pod import PodSimulator
+    from tests.integration.test_pod_streamer import CID, TOKEN, Streamer, registered, wait_for
+
+    # Flushes far enough apart that the freeze never lands inside one (between its S3 write and checkpoint).
+    settings = {"POD_LEASE_SECONDS": "6", "POD_FLUSH_AGE_SECONDS": "6"}
+    name = "fm-pod-sigstop"
+    with PodSimulator({TOKEN: CID}, seed=37, events_per_minute=60, duplicate_rate=0.02, types=("message",)) as sim, \
+            registered(deployed_stack, sim, name, ("message",)) as state:
+        streamers = [Streamer(deployed_stack, tmp_path / f"streamer{n}.log", settings=settings) for n in (1, 2)]
+        wait_for(lambda: state.get_cursor(name, "message").position and pod_unwritten(sim, state, name) >= 3, 40,
+                 "a batch written and events in flight")
+        holder, standby = sorted(streamers, key=lambda s: f"-{s.proc.pid}-" not in pod_lease_owner(state, name))
+        holder.proc.send_signal(signal.SIGSTOP)
+        frozen_at = len(holder.log_text())
+        try:
+            wait_for(lambda: f"-{standby.proc.pid}-" in pod_lease_owner(state, name)
+                     and state.get_cursor(name, "message").data.get("owed"), 30, "the standby took over")
+        finally:
+            holder.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "lost the message stream to another owner" in holder.log_text(), 20, "the old holder yields")
+        wait_for(lambda: state.get_cursor(name, "message").data.get("owed") is None
+                 and [c["mode"] for c in sim.stats()["connections"] if c["status"] == 101][-2:] == ["archive", "live"],
+                 40, "the standby read the owed range, then live")
+        assert [holder.sigterm()[0], standby.sigterm()[0]] == [0, 0]
+        resumed = holder.log_text()[frozen_at:]
+        yielded, wrote = resumed.find("lost the message stream"), resumed.find("pod: fetched")
+        # Its first act is to yield (its checkpoint write refused); later it may take over as a standby.
+        assert yielded >= 0 and (wrote == -1 or wrote > yielded), "the resumed holder wrote its frozen batch"
+        assert max(sim.stats()["max_concurrent_sessions"].values()) == 1
+        lost, duplicates = pod_outcome(sim, stack_reader, name)
+    assert lost == 0 and duplicates == 0

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -39,30 +40,41 @@ def sim():
         yield simulator
 
 
+@contextmanager
+def registered(stack: dict, sim, name: str, types: tuple[str, ...] = TYPES):
+    """A pod instance registered through the library (secret under the stack's prefix + registry item)."""
+    state = StateStore(DynamoKV(stack["StateTableName"], boto3.client("dynamodb")))
+    secrets = boto3.client("secretsmanager")
+    secret_arn = secrets.create_secret(Name=f"{stack['SecretPrefix']}/{name}",
+                                       SecretString=json.dumps({"token": TOKEN}))["ARN"]
+    settings = PodConnector().validate_settings({"cluster_id": CID, "types": ",".join(types), "url": sim.url})
+    state.save_instance(Instance(name, "pod", settings, secret_arn), create=True)
+    try:
+        yield state
+    finally:
+        # Other tests' streamers must not serve it; its dedup memory goes with it.
+        state.delete_instance(name, PodConnector.descriptor.state_partitions(name))
+        secrets.delete_secret(SecretId=secret_arn, ForceDeleteWithoutRecovery=True)
+
+
 @pytest.fixture
 def pod_instance(deployed_stack, sim, request):
-    """A pod instance registered through the library (secret under the stack's prefix + registry item)."""
     name = f"pod-{request.node.name.split('_')[1]}"
-    state = StateStore(DynamoKV(deployed_stack["StateTableName"], boto3.client("dynamodb")))
-    secrets = boto3.client("secretsmanager")
-    secret_arn = secrets.create_secret(Name=f"{deployed_stack['SecretPrefix']}/{name}",
-                                       SecretString=json.dumps({"token": TOKEN}))["ARN"]
-    settings = PodConnector().validate_settings({"cluster_id": CID, "types": ",".join(TYPES), "url": sim.url})
-    state.save_instance(Instance(name, "pod", settings, secret_arn), create=True)
-    yield name, state
-    # Other tests' streamers must not serve it; its dedup memory goes with it.
-    state.delete_instance(name, PodConnector.descriptor.state_partitions(name))
-    secrets.delete_secret(SecretId=secret_arn, ForceDeleteWithoutRecovery=True)
+    with registered(deployed_stack, sim, name) as state:
+        yield name, state
 
 
 class Streamer:
     """One streamer process, exactly as the image runs it (the same module file)."""
 
-    def __init__(self, stack: dict, logs: Path, crashpoint: str | None = None) -> None:
+    def __init__(self, stack: dict, logs: Path, crashpoint: str | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        # The simulator's archive is fresh unless a test sets archive_lag_seconds (and this to match).
         env = {**os.environ, "STATE_TABLE": stack["StateTableName"], "RAW_BUCKET": stack["RawBucketName"],
                "EVENT_STREAM": stack["EventStreamName"], "SINKS": stack.get("SinkMode", "both"),
                "SECRET_PREFIX": stack["SecretPrefix"], "POD_FLUSH_AGE_SECONDS": "1",
-               "POD_PING_INTERVAL_SECONDS": "2", "POD_REGISTRY_REFRESH_SECONDS": "2", "POD_LEASE_SECONDS": "10"}
+               "POD_PING_INTERVAL_SECONDS": "2", "POD_REGISTRY_REFRESH_SECONDS": "2", "POD_LEASE_SECONDS": "10",
+               "POD_ARCHIVE_STALENESS_SECONDS": "0", **(settings or {})}
         env.pop("PPCOLLECTOR_CRASHPOINT", None)
         if crashpoint:
             env["PPCOLLECTOR_CRASHPOINT"] = crashpoint
@@ -76,6 +88,9 @@ class Streamer:
         code = self.proc.wait(45)
         self.log.close()
         return code, time.monotonic() - started
+
+    def log_text(self) -> str:
+        return Path(self.log.name).read_text()
 
     def sigkill(self) -> None:
         self.proc.kill()
@@ -142,7 +157,7 @@ def test_streamer_process_survives_drops_409s_sigkills_and_a_two_hour_gap_exactl
     mark = last_id(sim)
     streamer = Streamer(deployed_stack, logs)
     wait_for(lambda: {c["type"] for c in accepted(sim, mark) if c["mode"] == "live"} == set(TYPES)
-             and all(not state.get_cursor(name, t).data.get("need_archive_since") for t in TYPES),
+             and all(not state.get_cursor(name, t).data.get("owed") for t in TYPES),
              60, "archive reads after the crashes, then live")
     sim.add_fault("large_frame", bytes=5_000_000, type="message")
     wait_for(lambda: not sim.stats()["faults_pending"], 30, "the 5 MB frame")
