@@ -442,6 +442,22 @@ def test_owed_range_merges_stays_open_until_live_and_is_settled_only_by_a_coveri
         StreamerSettings.from_env({"POD_ARCHIVE_STALENESS_SECONDS": "-1"})
 
 
+def test_the_test_clock_is_inert_unless_its_file_is_named(tmp_path):
+    from pathlib import Path
+
+    from ppcollector import timetravel
+
+    assert timetravel.clock({}) is utcnow, "production: the clock is utcnow itself"
+    root = Path(__file__).resolve().parents[2]
+    shipped = [root / "template.yaml", *(root / "functions" / "pod_streamer").iterdir()]
+    assert not [p.name for p in shipped if p.is_file() and timetravel.CLOCK_FILE in p.read_text()]
+    moved = timetravel.clock({timetravel.CLOCK_FILE: str(tmp_path / "clock")})
+    assert abs((moved() - utcnow()).total_seconds()) < 1, "no file yet: no offset"
+    timetravel.FileClock(tmp_path / "clock").set_offset(3600)
+    time.sleep(timetravel.REREAD_SECONDS)
+    assert abs((moved() - utcnow()).total_seconds() - 3600) < 1
+
+
 def test_a_crash_is_owed_until_the_archive_can_serve_it_however_many_restarts(make_sim, tmp_path):
     """Issue 10.4: the archive is 30 min stale; a read right after a crash would complete empty."""
     from ppcollector.timetravel import FileClock
