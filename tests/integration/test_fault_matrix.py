@@ -247,8 +247,9 @@ def test_pod_frozen_holder_resumed_after_a_takeover_writes_nothing(deployed_stac
     from ppsim.pod import PodSimulator
     from tests.integration.test_pod_streamer import CID, TOKEN, Streamer, registered, wait_for
 
-    # Flushes far enough apart that the freeze never lands inside one (between its S3 write and checkpoint).
-    settings = {"POD_LEASE_SECONDS": "6", "POD_FLUSH_AGE_SECONDS": "6"}
+    # Flushes far enough apart that the freeze never lands inside one (between its S3 write and checkpoint),
+    # and small enough that none outlasts the short lease on a loaded machine (the archive read is ~1 h).
+    settings = {"POD_LEASE_SECONDS": "8", "POD_FLUSH_AGE_SECONDS": "6", "POD_FLUSH_RECORDS": "500"}
     name = "fm-pod-sigstop"
     with PodSimulator({TOKEN: CID}, seed=37, events_per_minute=60, duplicate_rate=0.02, types=("message",)) as sim, \
             registered(deployed_stack, sim, name, ("message",)) as state:

@@ -429,6 +429,7 @@ def test_owed_range_merges_stays_open_until_live_and_is_settled_only_by_a_coveri
     assert merged.readable_at(staleness) is None and "45 min after the live stream reconnects" in merged.describe(
         staleness)
     closed = merged.closed_at(t + timedelta(minutes=3))
+    assert crash.closed_at(t - timedelta(minutes=1)) == Owed(t, t), "never a toTime before the sinceTime"
     assert closed.readable_at(staleness) == t + timedelta(minutes=48)
     assert closed.describe(staleness) == ("recovering archive since 2026-11-20T10:00:00Z "
                                           "(archive readable after 2026-11-20T12:48:00Z)")

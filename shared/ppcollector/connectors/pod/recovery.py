@@ -44,7 +44,8 @@ class Owed:
         return Owed(min(self.since, other.since), until)
 
     def closed_at(self, moment: datetime) -> Owed:
-        return self if self.until is not None else Owed(self.since, moment)
+        # Never before ``since`` (a ``ts`` from a clock ahead of ours): toTime < sinceTime is a 400.
+        return self if self.until is not None else Owed(self.since, max(moment, self.since))
 
     def readable_at(self, staleness: timedelta) -> datetime | None:
         """When the archive serves the whole range (None while open)."""
