@@ -20,7 +20,7 @@ class StreamerSettings:
     ping_interval_seconds: float = 30.0
     registry_refresh_seconds: float = 30.0
     lease_seconds: float = 60.0
-    # How stale Proofpoint's archive is (pod.md §1.3: at least ~30 min) plus a margin: an owed range is
+    # How stale Proofpoint's archive is (docs/vendors/pod.md §1.3: at least ~30 min) plus a margin: an owed range is
     # read only once it is this old, or the read would complete without its newest events.
     archive_staleness_seconds: float = 2700.0
 

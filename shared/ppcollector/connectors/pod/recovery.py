@@ -1,8 +1,8 @@
 """What a PoD stream still owes after a crash or a gap: the event-time range only the archive can fill.
 
 The server's live position moves as frames are *sent*; events a killed session received but never
-flushed, and the range a long absence skips (pod.md §1.4), come back only through an archive read.
-The archive is at least ~30 minutes stale and rounds to whole hours (pod.md §1.3), so a read started
+flushed, and the range a long absence skips (docs/vendors/pod.md §1.4), come back only through an archive read.
+The archive is at least ~30 minutes stale and rounds to whole hours (docs/vendors/pod.md §1.3), so a read started
 right after a crash returns nothing for its last half hour. Hence the range is kept in the checkpoint
 (``owed``) until an archive read that covers it *completed* (close 1000) and was started once the
 archive could serve all of it: ``now >= until + staleness``. Until then the stream stays live.

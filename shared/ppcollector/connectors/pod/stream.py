@@ -684,7 +684,7 @@ class TypeStream:
             why = "a previous session may have received events it never flushed"
         elif data.get("last_connected") and self.cursor.moment is not None:
             gap = now - parse_timestamp(data["last_connected"])
-            # The server resumes at most an hour back (pod.md §1.4); nothing is skipped when the newest
+            # The server resumes at most an hour back (docs/vendors/pod.md §1.4); nothing is skipped when the newest
             # written event is already that recent (Proofpoint's clock ahead of ours).
             if gap > RESUME_SAFE and self.cursor.moment - ARCHIVE_MARGIN < now - RESUME_SAFE:
                 found = Owed(self.cursor.moment - ARCHIVE_MARGIN, now - RESUME_SAFE)
