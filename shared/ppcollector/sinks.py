@@ -210,12 +210,15 @@ class _S3Batch:
         self.objects = 0
         self.records = 0
         self.compressor = _Compressor()
-        self._last_time: Any = None  # a window's records share one received_time object: format it once
+        # Consecutive records mostly share their received hour (a TAP window, a PoD flush): format it once.
+        self._last_fields: tuple[int, int, int, int] | None = None
         self._last_hour = ""
 
     def add(self, record: OutRecord) -> None:
-        if record.received_time is not self._last_time:
-            self._last_time, self._last_hour = record.received_time, record.received_time.strftime("%Y-%m-%dT%H")
+        moment = record.received_time
+        fields = (moment.hour, moment.day, moment.month, moment.year)
+        if fields != self._last_fields:
+            self._last_fields, self._last_hour = fields, moment.strftime("%Y-%m-%dT%H")
         group = (record.event_type, self._last_hour)
         part = self.open_parts.get(group)
         if part is None:

@@ -33,6 +33,12 @@ def parse_timestamp(value: object) -> datetime:
     if not isinstance(value, str) or not value.strip():
         raise TimestampError(f"not a timestamp: {value!r}")
     text = value.strip()
+    try:  # the common shapes (``...Z``, ``-07:00``, PoD's ``-0700``) parse as they are
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is not None and parsed.tzinfo is not None:
+        return parsed.astimezone(UTC)
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     text = _OFFSET_NO_COLON.sub(r"\1\2:\3", text)  # PoD: -0700 -> -07:00 (docs/vendors/pod.md §1.8)

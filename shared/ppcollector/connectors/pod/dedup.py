@@ -14,6 +14,7 @@ touched for ``IDLE_EVICT`` are dropped from memory (they stay in the table).
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,7 +41,13 @@ def id_hash(record_id: str) -> bytes:
 
 def bucket_key(moment: datetime) -> str:
     epoch = int(moment.timestamp())
-    return format_compact(datetime.fromtimestamp(epoch - epoch % BUCKET_SECONDS, UTC))
+    return _bucket_name(epoch - epoch % BUCKET_SECONDS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _bucket_name(start: int) -> str:
+    """Named once per bucket: every event asks (tools/profile_pod.py)."""
+    return format_compact(datetime.fromtimestamp(start, UTC))
 
 
 def _bucket_start(key: str) -> datetime:

@@ -446,14 +446,12 @@ class TypeStream:
             if not text.strip():
                 self.counters["EmptyFrames"] += 1
                 return None
-            constants: list[str] = []
-            event = json.loads(text, parse_constant=constants.append)
+            event = json.loads(text)
             if not isinstance(event, dict):
                 raise ValueError("not a JSON object")
-            if constants:  # NaN/Infinity: not strict JSON; keep the default reading and re-serialise
-                event = json.loads(text)
-            # The frame's own text becomes the record's raw, unless it is not one strict JSON line.
-            raw_json = None if constants or "\n" in text or "\r" in text else text
+            # The frame's own text becomes the record's raw, unless it is not one strict JSON line
+            # (NaN/Infinity: keep the default reading and re-serialise).
+            raw_json = None if "\n" in text or "\r" in text or _has_constants(text) else text
         except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             self.counters["MalformedFrames"] += 1
             self.totals["malformed"] += 1
@@ -550,7 +548,8 @@ class TypeStream:
 
     def _keys(self, batch: Batch) -> list[str]:
         """The S3 objects this batch writes: one per received hour (a batch is one part, < 64 MiB)."""
-        hours = {r.received_time.strftime("%Y-%m-%dT%H") for r in batch.records}
+        moments = {(t.year, t.month, t.day, t.hour): t for t in (r.received_time for r in batch.records)}
+        hours = {t.strftime("%Y-%m-%dT%H") for t in moments.values()}
         return sorted(f"{partition_prefix(SOURCE, self.instance.name, self.event_type, hour)}{batch.name}_0000.json.gz"
                       for hour in hours)
 
@@ -801,6 +800,15 @@ class TypeStream:
             return now - self.out_since
         first = self.batch.first_at
         return now - first if first is not None else 0.0
+
+
+def _has_constants(text: str) -> bool:
+    """Whether the JSON text holds NaN/Infinity (not strict JSON); parsed again only when it may."""
+    if "NaN" not in text and "Infinity" not in text:
+        return False
+    constants: list[str] = []
+    json.loads(text, parse_constant=constants.append)
+    return bool(constants)
 
 
 def _dead_frame(silent: float) -> Any:
