@@ -508,6 +508,54 @@ def test_a_short_page_of_old_events_does_not_end_the_catch_up(clock):
                                                              clock.now + timedelta(milliseconds=1))]
 
 
+def _short_pages(sim, served: int = 7) -> Callable[[Call], FakeResponse]:
+    """The events server answering ``served`` events a page instead of its full page (sizes are undocumented)."""
+    def short_page(call: Call) -> FakeResponse:
+        query = {"nextPage": [call.params["nextPage"]]} if "nextPage" in call.params else \
+            {k: [v] for k, v in call.params.items()}
+        body = json.loads(sim.handle(Request("GET", "/v2/events", query, _headers(call.headers), b"",
+                                             "127.0.0.1")).body)
+        if body["content"][served:]:
+            last = body["content"][served - 1]
+            body.update(size=served, content=body["content"][:served], nextPageToken=_encode_position(
+                (to_ms(parse_timestamp(last["timestamp"])), last["eventId"])))
+        return FakeResponse(200, json.dumps(body).encode())
+    return short_page
+
+
+@pytest.mark.parametrize("limit", [1000, 40])
+def test_an_hour_behind_with_an_hourly_interval_one_poll_catches_up_within_the_budget(clock, limit):
+    """Short pages while an hour behind are not the tail: the poll reads on (catch-up calls) until the
+    newest event is within the settle lag, so the lag stays under interval + settle lag until the next
+    poll; with a small daily limit it reads as far as the budget allows and never past it."""
+    sim = make_sim(clock, events_per_hour=600, events_page_size=20, token_ttl_seconds=86400)
+    session = SimSession(sim)
+    deps, sink = make_deps(clock, session)
+    add_instance(deps, feeds="events", poll_interval="1h", daily_call_limit=limit)
+    poll(deps)  # learns the page size (20)
+    clock.advance(hours=1)
+    session.script = [_short_pages(sim)] * 500
+    outcome = poll(deps)
+    lag = clock.now - deps.state.get_cursor("acme", "events").moment
+    interval, settle = timedelta(hours=1), timedelta(seconds=60)
+    key = credential_key("casb", CLIENT_ID)
+    assert sim.stats()["max_calls_in_24h"] <= limit
+    assert sim.stats()["status_counts"].get("429") is None
+    assert deps.budget.usage(key, "daily", clock.now, limit).used <= limit
+    ids = event_ids(sink)
+    assert len(ids) == len(set(ids))
+    if limit == 1000:
+        assert outcome.state == ACTIVE
+        assert lag <= settle  # so an hour later, at the next poll, still under interval + settle lag
+        assert lag + interval < interval + settle + timedelta(seconds=1)
+        # Every event up to the newest read, none skipped (the last minute comes at the next poll).
+        newest = clock.now - lag
+        assert ids == [e["eventId"] for e in sim.expected_events(clock.now - timedelta(hours=1, minutes=30),
+                                                                 newest + timedelta(milliseconds=1))]
+    else:
+        assert sim.stats()["calls_per_key"]["main"] <= limit and lag > settle  # held back, resumes next poll
+
+
 def test_a_refused_events_token_restarts_once_from_start_time(clock, sim, session):
     deps, sink = make_deps(clock, session)
     add_instance(deps, feeds="events")

@@ -548,9 +548,11 @@ class CasbConnector:
             position = max(cursor.moment, newest if items else page.fetched_at)
             # The events page size is unknown (docs/vendors/casb.md §2.6). A page shorter than the largest seen, with
             # recent events, is taken as the tail: that saves the trailing empty call of every poll (the
-            # daily cap), and a wrong guess only delays the rest to the next poll (the token is durable).
+            # daily cap). A short page whose newest event is older than the settle lag is not the tail but
+            # a page of a chain still behind: read on now (as catch-up calls, within the page cap, the time
+            # and the budget), so a poll ends caught up and the lag stays under interval + settle lag.
             largest = max(int(cursor.data.get("largest_page") or 0), len(items))
-            behind = page.fetched_at - newest > parse_duration(settings["poll_interval"])
+            behind = page.fetched_at - newest > self._settle_lag(settings)
             more = bool(items) and (len(items) >= largest or behind)
             extra["largest_page"] = largest
         else:
