@@ -5,6 +5,15 @@ pool, every other SIEM endpoint shares the second. A request is only sent after 
 it, so the budget is never exceeded, even by overlapping invocations (conditional writes). Catch-up
 windows may not use the last ``reserve`` requests of a pool: those are kept for steady polling.
 A 429 sets a persisted backoff on the pool (minutes, doubling), never an in-process sleep.
+
+Requests are counted per ``BUCKET_SECONDS`` bucket (``counts``: bucket start epoch -> requests), so
+the pool's item stays small at any rate: at most 24 h / 5 min + 1 = 289 buckets, about 5 KB, even at
+CASB's largest ``daily_call_limit`` of 1,000,000 (a timestamp per request would pass DynamoDB's 400 KB
+item limit near 35,000 a day). Conservative, never generous: a bucket counts while any second of it is
+within the last 24 h, so a request is counted for 24 h plus up to 5 minutes, never less. In every
+rolling 24 h, as Proofpoint counts, at most ``limit`` requests are granted; the price is that a slot
+frees up to 5 minutes (0.35 % of the window) after Proofpoint frees it. An item written by an older
+version (``requests``: one epoch second per request) is folded into buckets when next read.
 """
 
 from __future__ import annotations
@@ -14,12 +23,14 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from .errors import VersionConflict
 from .kvstore import KeyValueStore
 from .timeutil import format_rfc3339, parse_timestamp
 
 WINDOW = timedelta(hours=24)
+BUCKET_SECONDS = 300
 THROTTLE_BASE = timedelta(minutes=5)
 THROTTLE_MAX = timedelta(minutes=60)
 CONFLICT_ATTEMPTS = 50  # hundreds of instances may share one principal, hence one budget item
@@ -70,34 +81,35 @@ class RateBudget:
                 _contention_pause(attempt)
             item = self.kv.get(pk, sk)
             data = dict(item.data) if item else {}
-            recent = [t for t in data.get("requests", []) if t > now_epoch - WINDOW.total_seconds()]
+            counts = _live_counts(data, now_epoch)
+            used = sum(counts.values())
             throttled_until = data.get("throttled_until")
             if throttled_until and parse_timestamp(throttled_until) > now:
-                return Grant(False, len(recent), limit, parse_timestamp(throttled_until),
+                return Grant(False, used, limit, parse_timestamp(throttled_until),
                              f"Proofpoint throttled this credential (HTTP 429); backing off until {throttled_until}")
             cap = limit - reserve if catch_up else limit
-            if len(recent) >= cap:
-                # The slot frees when the oldest request that keeps us at the cap leaves the 24 h window.
-                oldest = sorted(recent)[len(recent) - cap]
-                retry_at = datetime.fromtimestamp(oldest, tz=now.tzinfo) + WINDOW
+            if used >= cap:
+                retry_at = datetime.fromtimestamp(_frees_at(counts, used - cap + 1), tz=now.tzinfo)
                 what = "catch-up share of the" if catch_up else "whole"
-                return Grant(False, len(recent), limit, retry_at,
+                return Grant(False, used, limit, retry_at,
                              f"rate budget: the {what} {limit}/24 h {pool} pool is used; next request at "
                              f"{format_rfc3339(retry_at)}")
-            recent.append(now_epoch)
-            data["requests"] = recent
+            bucket = now_epoch - now_epoch % BUCKET_SECONDS
+            counts[bucket] = counts.get(bucket, 0) + 1
+            data.pop("requests", None)
+            data["counts"] = {str(start): n for start, n in sorted(counts.items())}
             try:
                 self.kv.put(pk, sk, data, item.version if item else 0)
             except VersionConflict:
                 continue
-            return Grant(True, len(recent), limit)
+            return Grant(True, used + 1, limit)
         return Grant(False, 0, limit, now + timedelta(seconds=30), "rate budget: too much contention")
 
     def usage(self, credential: str, pool: str, now: datetime, limit: int | None = None) -> Grant:
         pk, sk = self._key(credential, pool)
         item = self.kv.get(pk, sk)
-        recent = [t for t in (item.data.get("requests", []) if item else []) if t > now.timestamp() - 86400]
-        return Grant(True, len(recent), limit or self.limit)
+        used = sum(_live_counts(item.data, int(now.timestamp())).values()) if item else 0
+        return Grant(True, used, limit or self.limit)
 
     def record_throttle(self, credential: str, pool: str, now: datetime,
                         retry_after: float | None = None) -> datetime:
@@ -130,3 +142,28 @@ class RateBudget:
                 self.kv.put(pk, sk, data, item.version)
             except VersionConflict:
                 pass  # a concurrent writer updated it; the next success resets it
+
+
+def _live_counts(data: dict[str, Any], now_epoch: int) -> dict[int, int]:
+    """The pool's buckets that may still hold a request of the last 24 h (older ones are dropped);
+    an older item's per-request timestamps are folded in."""
+    horizon = now_epoch - int(WINDOW.total_seconds())  # Proofpoint counts requests after this second
+    counts: dict[int, int] = {}
+    for start, n in (data.get("counts") or {}).items():
+        if int(start) + BUCKET_SECONDS > horizon:
+            counts[int(start)] = counts.get(int(start), 0) + int(n)
+    for moment in data.get("requests") or ():
+        if moment > horizon:
+            start = moment - moment % BUCKET_SECONDS
+            counts[start] = counts.get(start, 0) + 1
+    return counts
+
+
+def _frees_at(counts: dict[int, int], needed: int) -> int:
+    """The epoch second from which ``needed`` requests have left the counted window (oldest first)."""
+    freed = 0
+    for start in sorted(counts):
+        freed += counts[start]
+        if freed >= needed:
+            return start + BUCKET_SECONDS + int(WINDOW.total_seconds())
+    return max(counts, default=0) + BUCKET_SECONDS + int(WINDOW.total_seconds())
