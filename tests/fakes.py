@@ -64,12 +64,11 @@ class _MemoryBatch:
         self.pending = []
 
 
-def make_deps(clock: FakeClock, http: Any, sink: MemorySink | None = None, limit: int = 1800,
-              settle_lag: timedelta = timedelta(minutes=5)) -> tuple[Deps, MemorySink]:
+def make_deps(clock: FakeClock, http: Any, sink: MemorySink | None = None) -> tuple[Deps, MemorySink]:
     kv = MemoryKV()
     sink = sink or MemorySink()
     deps = Deps(state=StateStore(kv), secrets=MemorySecrets(), sinks=SinkSet([sink]),
-                budget=RateBudget(kv, limit), clock=clock, http=http, settle_lag_default=settle_lag)
+                budget=RateBudget(kv), clock=clock, http=http)
     return deps, sink
 
 

@@ -27,11 +27,13 @@ for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "cli"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from ppcollector.connectors.tap.settings import DAILY_LIMIT  # noqa: E402 - after the path set-up
+
 PRINCIPAL = "svc-principal"
 SECRET = "s3cr3t-value"  # the fakes' default test credential (tests/fakes.py), not a real one
 TICK = timedelta(minutes=1)  # template.yaml: ScheduleExpression rate(1 minute)
 INVOCATION_SECONDS = 300.0  # template.yaml: the TAP poller's Timeout
-LIMIT = 1800
+LIMIT = DAILY_LIMIT  # Proofpoint's limit, as the TAP package knows it
 BACKLOG = timedelta(days=7) - timedelta(minutes=15)  # all the API still serves (7 d less the margin)
 
 
@@ -115,7 +117,7 @@ def run_scenario(scenario: Scenario, seconds_per_full_hour: float, simulate: tim
     logging.disable(logging.WARNING)  # thousands of polls: keep the bench output readable
     logger.setLevel("ERROR")
     with contextlib.redirect_stdout(io.StringIO()) as sink:
-        deps, _ = make_deps(clock, TimedSession(), settle_lag=timedelta(seconds=300))
+        deps, _ = make_deps(clock, TimedSession())  # TAP's default settle lag, 300 s
         deps.new_http = TimedSession
         acquire = deps.budget.acquire
 

@@ -113,7 +113,7 @@ _PART = re.compile(r"event_type=(?P<type>[^/]+)/dt=[^/]+/hour=\d\d/(?P<window>.+
 
 
 def run_cost(body: Body, windows: int = 5) -> dict[str, Any]:
-    from ppcollector.connectors.tap import TapConnector
+    from ppcollector.connectors.tap import TapConnector, TapEnvironment
     from ppcollector.observability import logger
     from ppcollector.sinks import S3_PART_BYTES, KinesisSink, S3Sink, SinkSet
     from ppcollector.spine import Deadline, poll_one
@@ -122,14 +122,15 @@ def run_cost(body: Body, windows: int = 5) -> dict[str, Any]:
     logger.setLevel("ERROR")
     clock = FakeClock(datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC))
     session = BodySession(body)
-    deps, _ = make_deps(clock, session, settle_lag=timedelta(0))
+    deps, _ = make_deps(clock, session)
     s3, kinesis = CountingS3(), CountingKinesis()
     archive = S3Sink(s3, "bench-raw")
     deps.sinks = SinkSet([archive, KinesisSink(kinesis, "bench-stream", overflow=archive)])
     add_tap_instance(deps, "cost", principal=PRINCIPAL, secret=SECRET, event_types="all",
                      initial_lookback=f"{windows}h", settle_lag="0s", base_url="http://127.0.0.1:9")
     started = time.perf_counter()
-    [outcome] = poll_one(TapConnector(), deps, Deadline.fixed(36_000), "cost", force=True)
+    connector = TapConnector(TapEnvironment(settle_lag=timedelta(0)))
+    [outcome] = poll_one(connector, deps, Deadline.fixed(36_000), "cost", force=True)
     seconds = time.perf_counter() - started
     if outcome.error or outcome.events == 0:
         raise RuntimeError(f"cost run failed: {outcome.error or 'no events'}")

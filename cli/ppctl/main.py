@@ -20,6 +20,7 @@ import sys
 import time
 import tomllib
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,7 +43,7 @@ from ppcollector.descriptor import ConnectorDescriptor, SettingFlag
 from ppcollector.errors import CollectorError, SettingsError, VendorAccessError, VendorAuthError, VendorError
 from ppcollector.http import custom_endpoints
 from ppcollector.runtime import aws_clients, build_deps
-from ppcollector.spine import FAILED, PENDING, Deps
+from ppcollector.spine import FAILED, PENDING, Connector, Deps
 from ppcollector.state import DISABLED, Instance, validate_name
 from ppcollector.timeutil import TimestampError, format_rfc3339, parse_duration, parse_timestamp, utcnow
 
@@ -106,6 +107,29 @@ class Stack:
     def deps(self) -> Deps:
         deps = build_deps(self.config, self.clients)
         return dataclasses.replace(deps, secrets=_RememberingSecrets(deps.secrets))
+
+    def connector(self, name: str) -> Connector:
+        """The connector as this stack's pollers run it: with the knobs its descriptor names read from the
+        stack's outputs (TAP: TapRateLimit, TapSettleLag; a stack without them: the defaults)."""
+        values = {variable: self.outputs[output] for variable, output in get_descriptor(name).environment
+                  if self.outputs.get(output)}
+        with _environment(values):
+            return get_connector(name)
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set while a connector reads its knobs (it reads them when built)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def load_stack(args: argparse.Namespace, loopback_only: bool = False) -> Stack:
@@ -301,7 +325,7 @@ def cmd_instance_add(args: argparse.Namespace) -> int:
     stack = load_stack(args)
     deps = stack.deps()
     name = validate_name(args.name)
-    connector = get_connector(args.connector)
+    connector = stack.connector(args.connector)
     options = vars(args)
     raw: dict[str, Any] = {flag.setting: options[_setting_dest(flag)] for flag in connector.descriptor.flags
                            if options[_setting_dest(flag)] is not None}
@@ -320,7 +344,7 @@ def cmd_instance_add(args: argparse.Namespace) -> int:
         if created:
             deps.secrets.delete(secret_id)
         raise
-    ok = _validate(args, deps, instance, quiet=True) if not args.disabled and not args.no_validate else True
+    ok = _validate(args, stack, deps, instance, quiet=True) if not args.disabled and not args.no_validate else True
     row = status_row(deps, instance, utcnow())
     emit(args, {k: row[k] for k in ("name", "connector", "state", "last_error")} if not args.json else row)
     return 0 if ok else 1
@@ -377,7 +401,8 @@ def cmd_instance_show(args: argparse.Namespace) -> int:
 
 
 def cmd_instance_set(args: argparse.Namespace) -> int:
-    deps = load_stack(args).deps()
+    stack = load_stack(args)
+    deps = stack.deps()
     instance = _get(deps, args.name)
     settings = dict(instance.settings)
     for pair in args.pairs:
@@ -389,7 +414,7 @@ def cmd_instance_set(args: argparse.Namespace) -> int:
             settings.pop(key, None)
         else:
             settings[key] = value
-    instance.settings = get_connector(instance.connector).validate_settings(settings)
+    instance.settings = stack.connector(instance.connector).validate_settings(settings)
     deps.state.save_instance(instance)
     # New settings deserve a fresh look: clear a Failed backoff so the next tick polls it.
     deps.state.update_status(instance.name, lambda s: s.update(backoff_until=None, next_due=None))
@@ -423,15 +448,16 @@ def cmd_instance_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_secret(args: argparse.Namespace) -> int:
-    deps = load_stack(args).deps()
+    stack = load_stack(args)
+    deps = stack.deps()
     instance = _get(deps, args.name)
     deps.secrets.update(instance.secret_id, read_secret_fields(get_descriptor(instance.connector), args.secret_stdin))
     deps.state.update_status(instance.name, lambda s: s.update(backoff_until=None, next_due=None))
-    return 0 if _validate(args, deps, instance) else 1
+    return 0 if _validate(args, stack, deps, instance) else 1
 
 
-def _validate(args: argparse.Namespace, deps: Deps, instance: Instance, quiet: bool = False) -> bool:
-    connector = get_connector(instance.connector)
+def _validate(args: argparse.Namespace, stack: Stack, deps: Deps, instance: Instance, quiet: bool = False) -> bool:
+    connector = stack.connector(instance.connector)
     try:
         message = connector.test_call(instance, deps.secrets.get(instance.secret_id), deps)
     except VendorAuthError as exc:
@@ -466,12 +492,14 @@ def _validation_failed(args: argparse.Namespace, deps: Deps, instance: Instance,
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    deps = load_stack(args).deps()
-    return 0 if _validate(args, deps, _get(deps, args.name)) else 1
+    stack = load_stack(args)
+    deps = stack.deps()
+    return 0 if _validate(args, stack, deps, _get(deps, args.name)) else 1
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    deps = load_stack(args).deps()
+    stack = load_stack(args)
+    deps = stack.deps()
     instance = _get(deps, args.name)
     now = utcnow()
     try:
@@ -484,7 +512,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if until > now:
         raise CliError("--until is in the future; the API only serves the past")
     # Refuses what the API cannot serve (or a connector that cannot re-collect), with why.
-    streams = get_connector(instance.connector).start_backfill(deps, instance, since, until)
+    streams = stack.connector(instance.connector).start_backfill(deps, instance, since, until)
     deps.state.update_status(instance.name, lambda s: s.update(next_due=None))
     emit(args, {"name": instance.name, "backfill_since": format_rfc3339(since),
                 "backfill_until": format_rfc3339(until), "streams": streams,

@@ -1,7 +1,7 @@
 """Vendor rate budgets kept in the state table, shared by every instance using the same credential.
 
-TAP allows 1800 requests per rolling 24 h per pool (docs/vendors/tap.md §1.6): ``clicks/permitted`` has its own
-pool, every other SIEM endpoint shares the second. A request is only sent after ``acquire`` granted
+Each connector names its pools and their limits (``budget_pools``; e.g. TAP's 1800 requests per
+rolling 24 h and pool, CASB's ``daily_call_limit``). A request is only sent after ``acquire`` granted
 it, so the budget is never exceeded, even by overlapping invocations (conditional writes). Catch-up
 windows may not use the last ``reserve`` requests of a pool: those are kept for steady polling.
 A 429 sets a persisted backoff on the pool (minutes, doubling), never an in-process sleep.
@@ -61,18 +61,15 @@ class Grant:
 
 
 class RateBudget:
-    def __init__(self, kv: KeyValueStore, limit: int, reserve_fraction: float = 0.1) -> None:
+    def __init__(self, kv: KeyValueStore, reserve_fraction: float = 0.1) -> None:
         self.kv = kv
-        self.limit = limit
         self.reserve_fraction = reserve_fraction
 
     def _key(self, credential: str, pool: str) -> tuple[str, str]:
         return f"budget#{credential}", f"pool#{pool}"
 
-    def acquire(self, credential: str, pool: str, now: datetime, catch_up: bool = False,
-                limit: int | None = None) -> Grant:
-        """Record one request in the pool if the budget allows it (``limit`` overrides the default)."""
-        limit = limit or self.limit
+    def acquire(self, credential: str, pool: str, now: datetime, catch_up: bool = False, *, limit: int) -> Grant:
+        """Record one request in the pool if its ``limit`` per rolling 24 h allows it."""
         reserve = int(limit * self.reserve_fraction)
         pk, sk = self._key(credential, pool)
         now_epoch = int(now.timestamp())
@@ -105,11 +102,11 @@ class RateBudget:
             return Grant(True, used + 1, limit)
         return Grant(False, 0, limit, now + timedelta(seconds=30), "rate budget: too much contention")
 
-    def usage(self, credential: str, pool: str, now: datetime, limit: int | None = None) -> Grant:
+    def usage(self, credential: str, pool: str, now: datetime, limit: int) -> Grant:
         pk, sk = self._key(credential, pool)
         item = self.kv.get(pk, sk)
         used = sum(_live_counts(item.data, int(now.timestamp())).values()) if item else 0
-        return Grant(True, used, limit or self.limit)
+        return Grant(True, used, limit)
 
     def record_throttle(self, credential: str, pool: str, now: datetime,
                         retry_after: float | None = None) -> datetime:

@@ -1,4 +1,7 @@
-"""Runtime configuration from the environment ``template.yaml`` sets, validated at cold start."""
+"""Runtime configuration from the environment ``template.yaml`` sets, validated at cold start.
+
+Only what every connector shares; a connector's own knobs (TAP's settle lag and rate limit) are read
+by its package (connectors/tap/settings.py ``TapEnvironment``)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,6 @@ class RuntimeConfig:
     event_stream: str
     sinks: str
     secret_prefix: str
-    tap_settle_lag_seconds: int = 300
-    tap_rate_limit_per_day: int = 1800
     dispatch_mode: str = "inline"  # template.yaml sets "lambda": one async invocation per due instance
     function_name: str = ""
 
@@ -31,18 +32,6 @@ class RuntimeConfig:
             value = env.get(name, "").strip()
             if not value:
                 raise SettingsError(f"environment variable {name} is not set (template.yaml sets it)")
-            return value
-
-        def integer(name: str, default: int, low: int, high: int) -> int:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = int(raw)
-            except ValueError as exc:
-                raise SettingsError(f"environment variable {name}={raw!r} is not an integer") from exc
-            if not low <= value <= high:
-                raise SettingsError(f"environment variable {name}={value} is outside {low}..{high}")
             return value
 
         sinks = env.get("SINKS", "both").strip().lower()
@@ -62,8 +51,6 @@ class RuntimeConfig:
             event_stream=required("EVENT_STREAM") if sinks != "s3" else env.get("EVENT_STREAM", ""),
             sinks=sinks,
             secret_prefix=required("SECRET_PREFIX").rstrip("/"),
-            tap_settle_lag_seconds=integer("TAP_DEFAULT_SETTLE_LAG_SECONDS", 300, 0, 3600),
-            tap_rate_limit_per_day=integer("TAP_RATE_LIMIT_PER_DAY", 1800, 1, 1_000_000),
         )
 
     def env(self) -> dict[str, Any]:
@@ -73,7 +60,5 @@ class RuntimeConfig:
             "EVENT_STREAM": self.event_stream,
             "SINKS": self.sinks,
             "SECRET_PREFIX": self.secret_prefix,
-            "TAP_DEFAULT_SETTLE_LAG_SECONDS": str(self.tap_settle_lag_seconds),
-            "TAP_RATE_LIMIT_PER_DAY": str(self.tap_rate_limit_per_day),
             "DISPATCH_MODE": self.dispatch_mode,
         }

@@ -61,6 +61,9 @@ class ConnectorDescriptor:
     other_settings_help: str = ""  # non-empty: `instance add` also takes --set KEY=VALUE, with this help
     # State-table partitions of its own (besides inst#<name>), deleted with the instance.
     state_partitions: Callable[[str], list[str]] = field(default=_no_partitions)
+    # (environment variable, stack output): deployment knobs its pollers read from their environment and
+    # the stack also outputs, so ppctl builds the connector as the pollers run it (e.g. TAP's rate limit).
+    environment: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import timedelta
 from typing import Any
 
 from .budget import RateBudget
@@ -47,11 +46,10 @@ def build_deps(config: RuntimeConfig, clients: dict[str, Any] | None = None) -> 
         state=StateStore(kv),
         secrets=SecretsManagerStore(clients["secretsmanager"]),
         sinks=SinkSet(sinks),
-        budget=RateBudget(kv, config.tap_rate_limit_per_day),
+        budget=RateBudget(kv),
         clock=utcnow,
         http=make_session(),
         new_http=make_session,
-        settle_lag_default=timedelta(seconds=config.tap_settle_lag_seconds),
     )
 
 

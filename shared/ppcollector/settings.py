@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from .errors import SettingsError
 from .timeutil import format_duration, parse_duration
+
+
+def env_integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """An integer environment variable (``default`` when unset or empty), within ``low..high``."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"environment variable {name}={raw!r} is not an integer") from exc
+    if not low <= value <= high:
+        raise SettingsError(f"environment variable {name}={value} is outside {low}..{high}")
+    return value
 
 
 def as_list(value: Any) -> list[str]:

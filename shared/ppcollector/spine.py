@@ -74,7 +74,6 @@ class Deps:
     budget: RateBudget
     clock: Callable[[], datetime]
     http: Any  # requests.Session
-    settle_lag_default: timedelta = timedelta(seconds=300)
     new_http: Callable[[], Any] | None = None  # a fresh session per concurrent poll (sessions aren't shared)
 
 

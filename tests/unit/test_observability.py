@@ -116,11 +116,13 @@ def test_an_auth_failure_emits_errors_by_class(capsys):
     assert change["instance"] == "acme"
 
 
-def test_a_tick_emits_connector_health_for_the_alarms(capsys):
+def test_a_tick_emits_connector_health_for_the_alarms(capsys, monkeypatch):
+    monkeypatch.setenv("TAP_RATE_LIMIT_PER_DAY", "100")  # the TAP package reads its own knobs
     clock, tap = FakeClock(), FakeTap()
-    deps, _ = make_deps(clock, tap, limit=100)
-    add_tap_instance(deps, initial_lookback="30m")
-    add_tap_instance(deps, name="bad", secret="wrong-s3cr3t", initial_lookback="30m")
+    deps, _ = make_deps(clock, tap)
+    # 100 a day: 5-minute polls would need 288 (refused at validation), hourly ones 24
+    add_tap_instance(deps, initial_lookback="30m", poll_interval="1h")
+    add_tap_instance(deps, name="bad", secret="wrong-s3cr3t", initial_lookback="30m", poll_interval="1h")
     try:
         handle_poll_event("tap", {}, FakeContext(), deps=deps)
     except Exception:

@@ -7,11 +7,13 @@ from datetime import timedelta
 
 import pytest
 
-from ppcollector.connectors.tap import TapConnector, plan_window
+from ppcollector.connectors import get_connector
+from ppcollector.connectors.tap import TapConnector, TapEnvironment, plan_window
 from ppcollector.dispatch import InlineDispatcher, dispatch_tick
 from ppcollector.errors import SettingsError
+from ppcollector.runtime import handle_poll_event
 from ppcollector.spine import Deadline, PollFailed, poll_one
-from ppcollector.state import ACTIVE, DEGRADED, FAILED
+from ppcollector.state import ACTIVE, DEGRADED, FAILED, Instance
 from ppcollector.timeutil import format_rfc3339, parse_timestamp
 from tests.fakes import FakeClock, add_tap_instance, make_deps
 from tests.unit.fake_tap import FakeResponse, FakeTap
@@ -30,12 +32,12 @@ def click(created, id_="click-1"):
             "recipient": "b@example.com", "threatStatus": "active"}
 
 
-def tick(deps, deadline_seconds=300.0, only=None, deadline=None):
+def tick(deps, deadline_seconds=300.0, only=None, deadline=None, connector=TAP):
     """A scheduled tick (inline dispatch, one worker so request order is deterministic), or one instance now."""
     deadline = deadline or Deadline.fixed(deadline_seconds)
     if only:
-        return poll_one(TAP, deps, deadline, only, force=True)
-    return dispatch_tick(TAP, deps, InlineDispatcher(workers=1), deadline)
+        return poll_one(connector, deps, deadline, only, force=True)
+    return dispatch_tick(connector, deps, InlineDispatcher(workers=1), deadline)
 
 
 @pytest.fixture
@@ -191,6 +193,53 @@ def test_steady_state_that_would_exceed_the_daily_pool_is_refused():
     with pytest.raises(SettingsError, match="requests/day"):
         TAP.validate_settings({"principal": "p", "poll_interval": "1m",
                                "event_types": "messages-delivered,messages-blocked,clicks-blocked"})
+
+
+def test_the_interval_check_uses_the_limit_the_deployment_is_configured_with(monkeypatch):
+    """TAP_RATE_LIMIT_PER_DAY (the stack's TapRateLimitPerDay) is the one limit: the interval check,
+    the budget and the alarms' pools all use it; 1800 when unset."""
+    five_minutes = {"principal": "p", "poll_interval": "5m", "event_types": "messages-delivered,clicks-blocked"}
+    assert TapConnector(TapEnvironment()).validate_settings(five_minutes)  # 576 of 1800
+    with pytest.raises(SettingsError, match="needs 576 requests/day .* allows 400 per 24 h"):
+        TapConnector(TapEnvironment(rate_limit_per_day=400)).validate_settings(five_minutes)
+    monkeypatch.setenv("TAP_RATE_LIMIT_PER_DAY", "400")
+    connector = get_connector("tap")
+    with pytest.raises(SettingsError, match="allows 400 per 24 h"):
+        connector.validate_settings(five_minutes)
+    instance = Instance("acme", "tap", connector.validate_settings({**five_minutes, "poll_interval": "10m"}), "s")
+    assert {limit for _, _, limit in connector.budget_pools(instance)} == {400}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"TAP_RATE_LIMIT_PER_DAY": "lots"}, "TAP_RATE_LIMIT_PER_DAY='lots' is not an integer"),
+    ({"TAP_RATE_LIMIT_PER_DAY": "0"}, "TAP_RATE_LIMIT_PER_DAY=0 is outside 1..1000000"),
+    ({"TAP_DEFAULT_SETTLE_LAG_SECONDS": "7200"}, "TAP_DEFAULT_SETTLE_LAG_SECONDS=7200 is outside 0..3600"),
+])
+def test_the_tap_environment_is_validated_when_the_poller_starts(monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    deps, _ = make_deps(FakeClock(), FakeTap())
+    with pytest.raises(SettingsError, match=message):
+        handle_poll_event("tap", {}, None, deps=deps)
+
+
+def test_the_default_settle_lag_comes_from_the_tap_environment(monkeypatch, clock, tap):
+    monkeypatch.setenv("TAP_DEFAULT_SETTLE_LAG_SECONDS", "120")
+    deps, _ = make_deps(clock, tap)
+    add_tap_instance(deps, initial_lookback="30m")
+    handle_poll_event("tap", {}, None, deps=deps)
+    assert max(r.end for r in tap.requests) == clock.now - timedelta(seconds=120)
+
+
+def test_ppctl_checks_intervals_against_the_stacks_configured_limit():
+    """ppctl reads the limit from the stack's TapRateLimit output (= the TapRateLimitPerDay parameter)."""
+    from ppctl.main import Stack
+
+    five_minutes = {"principal": "p", "poll_interval": "5m", "event_types": "messages-delivered,clicks-blocked"}
+    with pytest.raises(SettingsError, match="allows 400 per 24 h"):
+        Stack("pp", {"TapRateLimit": "400"}, {}).connector("tap").validate_settings(five_minutes)
+    assert Stack("pp", {"TapRateLimit": "1800"}, {}).connector("tap").validate_settings(five_minutes)
+    assert Stack("pp", {}, {}).connector("tap").validate_settings(five_minutes)  # a stack without the output: 1800
 
 
 def test_per_recipient_events_sharing_a_guid_get_distinct_ids(clock, tap):
@@ -359,11 +408,11 @@ def test_cursor_write_is_conditional_and_the_loser_exits_cleanly(clock, tap):
 # --- budget ------------------------------------------------------------------------------------
 
 def test_rate_budget_is_shared_by_instances_with_the_same_principal_and_never_exceeded(clock, tap):
-    deps, _ = make_deps(clock, tap, limit=10)
+    deps, _ = make_deps(clock, tap)
     add_tap_instance(deps, name="a", initial_lookback="6h")
     add_tap_instance(deps, name="b", initial_lookback="6h")
     add_tap_instance(deps, name="c", initial_lookback="6h", event_types="clicks-permitted")
-    tick(deps)
+    tick(deps, connector=TapConnector(TapEnvironment(rate_limit_per_day=10)))
     other = [r for r in tap.requests if r.path != "/v2/siem/clicks/permitted"]
     permitted = [r for r in tap.requests if r.path == "/v2/siem/clicks/permitted"]
     # Catch-up may only use 90% of the pool: 9 of 10 shared requests; clicks/permitted is its own pool.
@@ -374,12 +423,12 @@ def test_rate_budget_is_shared_by_instances_with_the_same_principal_and_never_ex
 
 
 def test_steady_polling_held_back_by_an_exhausted_budget_is_degraded(clock, tap):
-    deps, _ = make_deps(clock, tap, limit=2)
+    deps, _ = make_deps(clock, tap)
     add_tap_instance(deps, initial_lookback="10m")
     key = __import__("ppcollector.budget", fromlist=["credential_key"]).credential_key("tap", "svc-principal")
     for _ in range(2):
-        assert deps.budget.acquire(key, "other", clock.now).granted
-    [outcome] = tick(deps)
+        assert deps.budget.acquire(key, "other", clock.now, limit=2).granted
+    [outcome] = tick(deps, connector=TapConnector(TapEnvironment(rate_limit_per_day=2)))
     assert tap.requests == []
     assert outcome.state == DEGRADED and "rate budget" in deps.state.get_status("acme")["reason"]
 
@@ -414,7 +463,8 @@ def test_backfill_recollects_the_range_and_then_stops(clock, tap):
 def test_windows_follow_proofpoints_clock_when_ours_differs(clock, tap, skew_minutes):
     from email.utils import format_datetime
 
-    deps, sink = make_deps(clock, tap, settle_lag=timedelta(minutes=1))
+    deps, sink = make_deps(clock, tap)
+    connector = TapConnector(TapEnvironment(settle_lag=timedelta(minutes=1)))
     add_tap_instance(deps, initial_lookback="30m")
     server_now = clock.now + timedelta(minutes=skew_minutes)
     tap.events_by_type["clicksBlocked"] = [click(server_now - timedelta(minutes=3), id_="late")]
@@ -428,7 +478,7 @@ def test_windows_follow_proofpoints_clock_when_ours_differs(clock, tap, skew_min
         response.headers["Date"] = format_datetime(server_now, usegmt=True)
         return response
     tap.get = with_server_clock.__get__(tap)
-    [outcome] = tick(deps)
+    [outcome] = tick(deps, connector=connector)
     assert outcome.state == ACTIVE and outcome.events == 1
     assert tap.requests[-1].end == server_now - timedelta(minutes=1)
     assert deps.state.get_cursor("acme", "all").data["server_skew_seconds"] == skew_minutes * 60
@@ -436,5 +486,5 @@ def test_windows_follow_proofpoints_clock_when_ours_differs(clock, tap, skew_min
     clock.advance(minutes=5)
     server_now += timedelta(minutes=5)
     before = len(tap.requests)
-    [outcome] = tick(deps)
+    [outcome] = tick(deps, connector=connector)
     assert outcome.state == ACTIVE and len(tap.requests) == before + 1

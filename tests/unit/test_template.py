@@ -312,6 +312,9 @@ def test_tap_poller_environment(template):
     assert variables["SECRET_PREFIX"] == {"Fn::Sub": "proofpoint-collector/${AWS::StackName}"}
     assert variables["TAP_DEFAULT_SETTLE_LAG_SECONDS"] == {"Ref": "TapSettleLagSeconds"}
     assert variables["TAP_RATE_LIMIT_PER_DAY"] == {"Ref": "TapRateLimitPerDay"}
+    # ppctl checks intervals against the same values (ppctl.main.Stack.connector)
+    assert template["Outputs"]["TapRateLimit"]["Value"] == {"Ref": "TapRateLimitPerDay"}
+    assert template["Outputs"]["TapSettleLag"]["Value"] == {"Ref": "TapSettleLagSeconds"}
     powertools = template["Globals"]["Function"]["Environment"]["Variables"]
     assert powertools["POWERTOOLS_SERVICE_NAME"] == "proofpoint-collector"
     assert powertools["POWERTOOLS_METRICS_NAMESPACE"] == "ProofpointCollector"

@@ -30,6 +30,7 @@ from .settings import (
     SOURCE,
     THREAT_STATUSES,
     Endpoint,
+    TapEnvironment,
     endpoints_for,
     validate_event_types,
     validate_threat_status,
@@ -41,6 +42,7 @@ CONNECTOR = TapConnector
 __all__ = [
     "CONNECTOR", "DAILY_LIMIT", "DEFAULT_BASE_URL", "DESCRIPTOR", "ENDPOINTS", "EVENT_TYPES", "LOOKBACK_MARGIN",
     "MAX_LOOKBACK", "MAX_WINDOW", "MIN_WINDOW", "SOURCE", "THREAT_STATUSES", "Endpoint", "TapClient", "TapConnector",
+    "TapEnvironment",
     "WindowBody", "WindowPlan", "endpoints_for", "event_time_of", "event_time_text", "plan_window",
     "validate_event_types", "validate_threat_status",
 ]

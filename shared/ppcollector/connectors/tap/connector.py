@@ -22,7 +22,6 @@ from .body import WindowBody
 from .client import TapClient
 from .identity import _identity_json, event_time_text
 from .settings import (
-    DAILY_LIMIT,
     DEFAULT_BASE_URL,
     EVENT_TIME_FIELD,
     EVENT_TYPES,
@@ -34,6 +33,7 @@ from .settings import (
     THREAT_STATUSES,
     WINDOW_RESERVE_SECONDS,
     Endpoint,
+    TapEnvironment,
     endpoints_for,
     validate_event_types,
     validate_threat_status,
@@ -59,6 +59,7 @@ DESCRIPTOR = ConnectorDescriptor(
     function="TapPollerFunction",
     log_group_output="TapPollerLogGroupName",
     event_types=tuple(EVENT_TIME_FIELD),
+    environment=(("TAP_RATE_LIMIT_PER_DAY", "TapRateLimit"), ("TAP_DEFAULT_SETTLE_LAG_SECONDS", "TapSettleLag")),
 )
 
 
@@ -67,6 +68,10 @@ class TapConnector:
     name = DESCRIPTOR.name
     source = DESCRIPTOR.source
     endpoints = {"base_url": TAP_HOSTS}
+
+    def __init__(self, environment: TapEnvironment | None = None) -> None:
+        """``environment``: the deployment's knobs; by default read (and validated) from this process's."""
+        self.environment = environment or TapEnvironment.from_env()
 
     def validate_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         clean = dict(settings)
@@ -88,19 +93,20 @@ class TapConnector:
         self._check_budget(clean)
         return clean
 
-    @staticmethod
-    def _check_budget(settings: dict[str, Any]) -> None:
-        """Refuse a steady state that alone would exceed a pool's 1800 requests per 24 h."""
+    def _check_budget(self, settings: dict[str, Any]) -> None:
+        """Refuse a steady state that alone would use 90 % of a pool's requests per 24 h (the limit the
+        deployment is configured with: TAP_RATE_LIMIT_PER_DAY, default 1800)."""
+        limit = self.environment.rate_limit_per_day
         per_day = timedelta(days=1) / parse_duration(settings["poll_interval"])
         pools: dict[str, int] = {}
         for endpoint in endpoints_for(settings["event_types"]):
             pools[endpoint.pool] = pools.get(endpoint.pool, 0) + 1
         for pool, count in pools.items():
             need = int(per_day * count)
-            if need > DAILY_LIMIT * 0.9:
+            if need > limit * 0.9:
                 raise SettingsError(
                     f"poll_interval={settings['poll_interval']} with these event_types needs {need} requests/day "
-                    f"from the {pool} pool; Proofpoint allows {DAILY_LIMIT} per 24 h (keep 10% for catch-up): "
+                    f"from the {pool} pool; this deployment allows {limit} per 24 h (keep 10% for catch-up): "
                     "poll less often or use event_types=all")
 
     def test_call(self, instance: Instance, credentials: Credentials, deps: Deps) -> str:
@@ -109,8 +115,9 @@ class TapConnector:
         endpoint = endpoints_for(settings["event_types"])[0]
         now = deps.clock()
         # A minute wide and at least 5 minutes back: valid whatever the settle lag or a small clock skew.
-        end = (now - max(self._settle_lag(settings, deps), timedelta(minutes=5))).replace(microsecond=0)
-        grant = deps.budget.acquire(credential_key("tap", settings["principal"]), endpoint.pool, now)
+        end = (now - max(self._settle_lag(settings), timedelta(minutes=5))).replace(microsecond=0)
+        grant = deps.budget.acquire(credential_key("tap", settings["principal"]), endpoint.pool, now,
+                                    limit=self.environment.rate_limit_per_day)
         if not grant.granted:
             raise VendorThrottled(f"not sent: {grant.reason}", None)
         client = TapClient(deps.http, settings["base_url"], settings["principal"], credentials["secret"])
@@ -133,17 +140,16 @@ class TapConnector:
         return streams
 
     def expected_lag(self, instance: Instance, deps: Deps) -> timedelta:
-        return self._settle_lag(instance.settings, deps)
+        return self._settle_lag(instance.settings)
 
     def budget_pools(self, instance: Instance) -> list[tuple[str, str, int | None]]:
         credential = credential_key("tap", instance.settings["principal"])
-        return [(credential, pool, None) for pool in sorted({e.pool for e in endpoints_for(
-            instance.settings["event_types"])})]
+        pools = sorted({e.pool for e in endpoints_for(instance.settings["event_types"])})
+        return [(credential, pool, self.environment.rate_limit_per_day) for pool in pools]
 
-    @staticmethod
-    def _settle_lag(settings: dict[str, Any], deps: Deps) -> timedelta:
+    def _settle_lag(self, settings: dict[str, Any]) -> timedelta:
         raw = settings.get("settle_lag")
-        return parse_duration(raw) if raw is not None else deps.settle_lag_default
+        return parse_duration(raw) if raw is not None else self.environment.settle_lag
 
     def poll(self, ctx: PollContext) -> None:
         settings = ctx.instance.settings
@@ -168,7 +174,7 @@ class TapConnector:
             # The API reads whole seconds (queryEndTime has no fraction): a fractional end would never
             # be reached, and its last window would be asked for until the rate budget ran out.
             until = until.replace(microsecond=0) + timedelta(seconds=1)
-        settle_lag = self._settle_lag(settings, deps)
+        settle_lag = self._settle_lag(settings)
         interval = parse_duration(settings["poll_interval"])
         cursor = deps.state.get_cursor(instance.name, stream)
         skew = timedelta(seconds=float(cursor.data.get("server_skew_seconds", 0)))
@@ -190,7 +196,8 @@ class TapConnector:
                 report.caught_up = False
                 break
             catching_up = until is not None or now - settle_lag - plan.end >= interval
-            grant = deps.budget.acquire(credential, endpoint.pool, now, catch_up=catching_up)
+            grant = deps.budget.acquire(credential, endpoint.pool, now, catch_up=catching_up,
+                                        limit=self.environment.rate_limit_per_day)
             if not grant.granted:
                 report.caught_up = False
                 if not catching_up:

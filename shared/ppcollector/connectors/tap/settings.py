@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from ...errors import SettingsError
 from ...http import VendorHosts
-from ...settings import as_list
+from ...settings import as_list, env_integer
 
 DEFAULT_BASE_URL = "https://tap-api-v2.proofpoint.com"
 # Proofpoint's TAP SIEM API host (docs/vendors/tap.md §1.2); anything else needs allow_custom_endpoint.
@@ -19,7 +21,8 @@ MAX_WINDOW = timedelta(hours=1)  # the API's maximum per request
 MAX_LOOKBACK = timedelta(days=7)  # the API refuses older start times
 LOOKBACK_MARGIN = timedelta(minutes=15)  # room for clock skew and the time a request takes
 WINDOW_RESERVE_SECONDS = 45.0  # don't start a window with less invocation time left than this
-DAILY_LIMIT = 1800
+DAILY_LIMIT = 1800  # requests per rolling 24 h and pool (docs/vendors/tap.md §1.6); TAP_RATE_LIMIT_PER_DAY's default
+DEFAULT_SETTLE_LAG_SECONDS = 300
 
 EVENT_TYPES = ("messages-delivered", "messages-blocked", "clicks-permitted", "clicks-blocked")
 THREAT_STATUSES = ("active", "cleared", "false-positive")
@@ -47,6 +50,24 @@ ENDPOINTS = {
 }
 EVENT_TIME_FIELD = {"messagesDelivered": "messageTime", "messagesBlocked": "messageTime",
                     "clicksPermitted": "clickTime", "clicksBlocked": "clickTime"}
+
+
+@dataclass(frozen=True)
+class TapEnvironment:
+    """TAP's deployment knobs (template.yaml's TapSettleLagSeconds and TapRateLimitPerDay parameters)."""
+
+    settle_lag: timedelta = timedelta(seconds=DEFAULT_SETTLE_LAG_SECONDS)  # an instance's settle_lag overrides it
+    rate_limit_per_day: int = DAILY_LIMIT  # per pool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TapEnvironment:
+        """From ``TAP_DEFAULT_SETTLE_LAG_SECONDS`` and ``TAP_RATE_LIMIT_PER_DAY`` (default: the process's)."""
+        env = os.environ if env is None else env
+        return cls(
+            settle_lag=timedelta(seconds=env_integer(env, "TAP_DEFAULT_SETTLE_LAG_SECONDS",
+                                                     DEFAULT_SETTLE_LAG_SECONDS, 0, 3600)),
+            rate_limit_per_day=env_integer(env, "TAP_RATE_LIMIT_PER_DAY", DAILY_LIMIT, 1, 1_000_000),
+        )
 
 
 # --- settings -----------------------------------------------------------------------------------
