@@ -45,7 +45,9 @@ class LambdaDispatcher:
     def dispatch(self, connector: Connector, instances: list[Instance], deps: Deps, deadline: Deadline,
                  tick: str) -> list[Outcome]:
         def send(instance: Instance) -> Outcome:
-            payload = json.dumps({"instance": instance.name, "dispatched": tick}).encode()
+            # The tick's correlation id (runtime.handle_poll_event) goes on, so the poll's log lines carry it.
+            payload = json.dumps({"instance": instance.name, "dispatched": tick,
+                                  "correlation_id": logger.get_correlation_id()}).encode()
             try:
                 self.client.invoke(FunctionName=self.function_name, InvocationType="Event", Payload=payload)
             except Exception as exc:

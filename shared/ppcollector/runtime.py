@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict
 from typing import Any
 
@@ -15,7 +16,7 @@ from .kvstore import DynamoKV
 from .observability import logger
 from .secrets import SecretsManagerStore
 from .sinks import KinesisSink, S3Sink, SinkSet
-from .spine import Deadline, Deps, poll_one, raise_for_failures
+from .spine import Deadline, Deps, Outcome, poll_one, raise_for_failures
 from .state import StateStore
 from .timeutil import utcnow
 
@@ -71,6 +72,9 @@ def handle_poll_event(connector_name: str, event: Any, context: Any, deps: Deps 
 
     ``{"instance": NAME}`` alone (``sam local invoke``, ``ppctl local invoke``) polls now, due or not;
     with ``"dispatched"`` (sent by a tick) it polls only if still due, so a twice-delivered event is a no-op.
+
+    Every log line carries a ``correlation_id``: the scheduled event's id (a new one otherwise), sent on
+    in each dispatched event, so a tick and all the polls it dispatched share it.
     """
     if not isinstance(event, dict):
         raise SettingsError(f"the event must be a JSON object, got {type(event).__name__}")
@@ -81,14 +85,31 @@ def handle_poll_event(connector_name: str, event: Any, context: Any, deps: Deps 
     if deps is None:
         deps, dispatcher = deps_from_env()
     logger.append_keys(connector=connector.name)
-    deadline = Deadline.from_context(context)
-    if only is not None:
-        outcomes = poll_one(connector, deps, deadline, only, force=not event.get("dispatched"))
-    else:
-        outcomes = dispatch_tick(connector, deps, dispatcher or InlineDispatcher(), deadline)
-    summary = {"connector": connector.name, "polled": sum(o.polled for o in outcomes),
+    logger.set_correlation_id(_correlation_id(event))
+    try:
+        deadline = Deadline.from_context(context)
+        if only is not None:
+            outcomes = poll_one(connector, deps, deadline, only, force=not event.get("dispatched"))
+        else:
+            outcomes = dispatch_tick(connector, deps, dispatcher or InlineDispatcher(), deadline)
+        return _summarise(connector.name, outcomes)
+    finally:
+        logger.set_correlation_id(None)
+
+
+def _correlation_id(event: dict[str, Any]) -> str:
+    """The id a tick's log lines share: sent on by the tick, else EventBridge's event id, else new."""
+    for key in ("correlation_id", "id"):
+        value = event.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:100]
+    return uuid.uuid4().hex
+
+
+def _summarise(connector: str, outcomes: list[Outcome]) -> dict[str, Any]:
+    summary = {"connector": connector, "polled": sum(o.polled for o in outcomes),
                "dispatched": sum(o.skipped_reason == "dispatched" for o in outcomes),
                "events": sum(o.events for o in outcomes), "outcomes": [asdict(o) for o in outcomes]}
-    logger.info(f"{connector.name}: tick done", extra={k: v for k, v in summary.items() if k != "outcomes"})
+    logger.info(f"{connector}: tick done", extra={k: v for k, v in summary.items() if k != "outcomes"})
     raise_for_failures(outcomes)
     return summary

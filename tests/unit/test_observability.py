@@ -136,3 +136,41 @@ def test_a_tick_emits_connector_health_for_the_alarms(capsys, monkeypatch):
     assert health["RateBudgetRemainingPercent"] == [98.0]
     [pool] = [b for b in blobs if b.get("pool") == "other"]
     assert pool["RateBudgetRemaining"] == [98.0]
+
+
+class _RecordingLambda:
+    """The Lambda client of the fan-out: keeps the asynchronous invocations' payloads."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict] = []
+
+    def invoke(self, FunctionName: str, InvocationType: str, Payload: bytes) -> dict:  # noqa: N803 - boto3's names
+        self.payloads.append(json.loads(Payload))
+        return {"StatusCode": 202}
+
+
+def test_a_ticks_dispatched_polls_share_its_correlation_id_in_every_log_line(json_logs):
+    """The scheduled event's id goes into each dispatched event; every line the tick and its polls log
+    carries it (and nothing else's): one CloudWatch Logs Insights filter shows a tick end to end."""
+    from ppcollector.dispatch import LambdaDispatcher
+
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    for name in ("acme", "globex"):
+        add_tap_instance(deps, name=name, initial_lookback="30m")
+    tap.events_by_type["clicksBlocked"] = [click(clock.now - timedelta(minutes=10))]
+    fanout = _RecordingLambda()
+    scheduled = {"version": "0", "id": "5f1c0a3e-eb-tick", "detail-type": "Scheduled Event", "source": "aws.events"}
+    handle_poll_event("tap", scheduled, FakeContext(), deps=deps, dispatcher=LambdaDispatcher(fanout, "poller"))
+    assert sorted(p["instance"] for p in fanout.payloads) == ["acme", "globex"]
+    assert {p["correlation_id"] for p in fanout.payloads} == {"5f1c0a3e-eb-tick"}
+    for payload in fanout.payloads:  # each dispatched invocation, as Lambda would run it
+        handle_poll_event("tap", payload, FakeContext(), deps=deps)
+    handle_poll_event("tap", {"instance": "acme"}, FakeContext(), deps=deps)  # a manual poll: its own id
+    lines = [json.loads(line) for line in json_logs()]
+    manual = lines[-sum(1 for line in lines if line.get("correlation_id") != "5f1c0a3e-eb-tick"):]
+    tick = lines[:len(lines) - len(manual)]
+    assert {line.get("correlation_id") for line in tick} == {"5f1c0a3e-eb-tick"}
+    assert {line["instance"] for line in tick if line["message"].startswith("tap: fetched")} == {"acme", "globex"}
+    assert len({line.get("correlation_id") for line in manual}) == 1
+    assert manual[0]["correlation_id"] not in (None, "5f1c0a3e-eb-tick")
