@@ -168,8 +168,13 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-profile", action="store_true", help="only the CPU figures (e.g. under valgrind)")
+    parser.add_argument("--gzip-level", type=int, help="compress at this level instead of sinks.GZIP_LEVEL")
     args = parser.parse_args()
     inline_gzip()
+    if args.gzip_level is not None:
+        from ppcollector import sinks
+
+        sinks.GZIP_LEVEL = args.gzip_level
     plain = run(args.events, None)
     scale = PER / plain["events"]
     total = plain["read_cpu"] + plain["stream_cpu"]
