@@ -409,22 +409,22 @@ def test_cursor_write_is_conditional_and_the_loser_exits_cleanly(clock, tap):
 
 def test_rate_budget_is_shared_by_instances_with_the_same_principal_and_never_exceeded(clock, tap):
     deps, _ = make_deps(clock, tap)
-    add_tap_instance(deps, name="a", initial_lookback="6h")
-    add_tap_instance(deps, name="b", initial_lookback="6h")
-    add_tap_instance(deps, name="c", initial_lookback="6h", event_types="clicks-permitted")
-    tick(deps, connector=TapConnector(TapEnvironment(rate_limit_per_day=10)))
+    connector = TapConnector(TapEnvironment(rate_limit_per_day=10))  # 10 a day: 3-hourly polls fit (8)
+    for name, types in (("a", "all"), ("b", "all"), ("c", "clicks-permitted")):
+        add_tap_instance(deps, name=name, event_types=types, poll_interval="3h", initial_lookback="2d")
+    tick(deps, connector=connector)
     other = [r for r in tap.requests if r.path != "/v2/siem/clicks/permitted"]
     permitted = [r for r in tap.requests if r.path == "/v2/siem/clicks/permitted"]
     # Catch-up may only use 90% of the pool: 9 of 10 shared requests; clicks/permitted is its own pool.
     assert len(other) == 9
-    assert len(permitted) == 6
+    assert len(permitted) == 9
     status = deps.state.get_status("b")
     assert status["state"] == DEGRADED and status["reason"].startswith("catching up: collection lag")
 
 
 def test_steady_polling_held_back_by_an_exhausted_budget_is_degraded(clock, tap):
     deps, _ = make_deps(clock, tap)
-    add_tap_instance(deps, initial_lookback="10m")
+    add_tap_instance(deps, initial_lookback="10m", poll_interval="24h")  # 2 a day allow daily polls
     key = __import__("ppcollector.budget", fromlist=["credential_key"]).credential_key("tap", "svc-principal")
     for _ in range(2):
         assert deps.budget.acquire(key, "other", clock.now, limit=2).granted
