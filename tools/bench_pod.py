@@ -36,6 +36,9 @@ for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "cli", ROOT / "to
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+# Run as the local emulator setup does (http.running_locally): loopback endpoints are then allowed; no AWS
+# call goes there (the sinks and the state are in-memory stubs).
+os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
 TOKEN = "pod-bench-token-0b7e"  # a throwaway token for the loopback simulator
 CID = "bench_hosted"
 TARGET_RATE = 10_000

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import cProfile
 import io
+import os
 import pstats
 import socket
 import sys
@@ -37,6 +38,8 @@ for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "tools"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+# As locally (http.running_locally): the loopback URL of the settings is allowed; nothing is dialled.
+os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
 CID = "bench_hosted"
 PER = 100_000
 
