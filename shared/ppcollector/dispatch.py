@@ -44,10 +44,12 @@ class LambdaDispatcher:
 
     def dispatch(self, connector: Connector, instances: list[Instance], deps: Deps, deadline: Deadline,
                  tick: str) -> list[Outcome]:
+        correlation_id = logger.thread_safe_get_current_keys().get("correlation_id")
+
         def send(instance: Instance) -> Outcome:
             # The tick's correlation id (runtime.handle_poll_event) goes on, so the poll's log lines carry it.
             payload = json.dumps({"instance": instance.name, "dispatched": tick,
-                                  "correlation_id": logger.get_correlation_id()}).encode()
+                                  "correlation_id": correlation_id}).encode()
             try:
                 self.client.invoke(FunctionName=self.function_name, InvocationType="Event", Payload=payload)
             except Exception as exc:
@@ -66,8 +68,11 @@ class InlineDispatcher:
 
     def dispatch(self, connector: Connector, instances: list[Instance], deps: Deps, deadline: Deadline,
                  tick: str) -> list[Outcome]:
+        correlation_id = logger.thread_safe_get_current_keys().get("correlation_id")  # the tick's, to its threads
+
         def poll(instance: Instance) -> Outcome:
             logger.thread_safe_append_keys(connector=connector.name, instance=instance.name,
+                                           correlation_id=correlation_id,
                                            **endpoint_log_keys(instance.settings, connector.endpoints))
             try:
                 own = dataclasses.replace(deps, http=deps.new_http()) if deps.new_http else deps
@@ -77,7 +82,7 @@ class InlineDispatcher:
                 return Outcome(instance.name, "", True, error=f"{type(exc).__name__}: {exc}", raise_error=True,
                                error_class=type(exc).__name__)
             finally:
-                logger.thread_safe_remove_keys(["instance", *ENDPOINT_LOG_KEYS])
+                logger.thread_safe_remove_keys(["instance", "correlation_id", *ENDPOINT_LOG_KEYS])
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(poll, instances))

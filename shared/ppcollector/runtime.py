@@ -85,7 +85,8 @@ def handle_poll_event(connector_name: str, event: Any, context: Any, deps: Deps 
     if deps is None:
         deps, dispatcher = deps_from_env()
     logger.append_keys(connector=connector.name)
-    logger.set_correlation_id(_correlation_id(event))
+    # Per thread (a context variable): concurrent invocations in one process keep their own.
+    logger.thread_safe_append_keys(correlation_id=_correlation_id(event))
     try:
         deadline = Deadline.from_context(context)
         if only is not None:
@@ -94,7 +95,7 @@ def handle_poll_event(connector_name: str, event: Any, context: Any, deps: Deps 
             outcomes = dispatch_tick(connector, deps, dispatcher or InlineDispatcher(), deadline)
         return _summarise(connector.name, outcomes)
     finally:
-        logger.set_correlation_id(None)
+        logger.thread_safe_remove_keys(["correlation_id"])
 
 
 def _correlation_id(event: dict[str, Any]) -> str:

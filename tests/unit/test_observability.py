@@ -174,3 +174,16 @@ def test_a_ticks_dispatched_polls_share_its_correlation_id_in_every_log_line(jso
     assert {line["instance"] for line in tick if line["message"].startswith("tap: fetched")} == {"acme", "globex"}
     assert len({line.get("correlation_id") for line in manual}) == 1
     assert manual[0]["correlation_id"] not in (None, "5f1c0a3e-eb-tick")
+
+
+def test_inline_polls_of_a_tick_carry_its_correlation_id_in_their_threads(json_logs):
+    clock, tap = FakeClock(), FakeTap()
+    deps, _ = make_deps(clock, tap)
+    for name in ("acme", "globex", "initech"):
+        add_tap_instance(deps, name=name, initial_lookback="30m")
+    tap.events_by_type["clicksBlocked"] = [click(clock.now - timedelta(minutes=10))]
+    handle_poll_event("tap", {"id": "eb-inline-7", "detail-type": "Scheduled Event"}, FakeContext(), deps=deps)
+    lines = [json.loads(line) for line in json_logs()]
+    fetched = [line for line in lines if line["message"].startswith("tap: fetched")]
+    assert sorted(line["instance"] for line in fetched) == ["acme", "globex", "initech"]
+    assert {line.get("correlation_id") for line in lines} == {"eb-inline-7"}
