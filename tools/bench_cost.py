@@ -9,6 +9,7 @@ check the 64 MiB part rule, every PutRecords call is counted and accepted.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import time
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as the local emulator setup does (http.running_locally): the loopback base_url of the simulated
+# Proofpoint is then allowed; no AWS call goes there (state and sinks are in-memory stubs).
+os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
 for path in (ROOT, ROOT / "shared", ROOT / "simulator", ROOT / "cli", ROOT / "tools"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
