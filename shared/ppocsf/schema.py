@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,13 @@ def validate(record: dict[str, Any]) -> list[str]:
     class_uid = record.get("class_uid")
     if class_uid not in classes_by_uid():
         return [f"class_uid {class_uid!r} is not one of the classes this project emits"]
-    _, spec = classes_by_uid()[class_uid]
+    spec_name, spec = classes_by_uid()[class_uid]
     metadata = record.get("metadata")
     profiles = set(metadata.get("profiles") or []) if isinstance(metadata, dict) else set()
     unknown_profiles = profiles - set(spec["profiles"])
     if unknown_profiles:
         errors.append(f"metadata.profiles: {sorted(unknown_profiles)} not defined for this class")
-    _check_object(record, spec["attributes"], "", profiles, errors)
+    _check_object(record, attributes_of("classes", spec_name), "", profiles, errors)
     if record.get("category_uid") != spec["category_uid"]:
         errors.append(f"category_uid: {record.get('category_uid')!r}, the class is in {spec['category_uid']}")
     activity_id = record.get("activity_id", 0)
@@ -72,63 +73,84 @@ def check(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _applies(attribute: dict[str, Any], profiles: set[str]) -> bool:
-    wanted = attribute.get("profiles")
-    return not wanted or bool(profiles.intersection(wanted))
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute's definition, prepared once for the per-record checks."""
+
+    name: str
+    base: str  # string_t, integer_t, long_t, float_t, boolean_t, json_t or object_t
+    type: str
+    required: bool
+    is_array: bool
+    enum: frozenset[str] | None
+    object_type: str | None
+    profiles: frozenset[str] | None
+    opaque: bool  # json_t or a free-form object: stored as JSON text in Parquet
 
 
-def _check_object(value: dict[str, Any], attributes: dict[str, Any], path: str, profiles: set[str],
+@functools.cache
+def attributes_of(kind: str, name: str) -> dict[str, Attribute]:
+    """The prepared attributes of class ``name`` (kind "classes") or object ``name`` (kind "objects")."""
+    base_types = definition()["base_types"]
+    out = {}
+    for attr_name, spec in definition()[kind][name]["attributes"].items():
+        base = base_types.get(spec["type"], spec["type"])
+        out[attr_name] = Attribute(
+            name=attr_name, base=base, type=spec["type"], required=spec["requirement"] == "required",
+            is_array=bool(spec.get("is_array")), enum=frozenset(spec["enum"]) if "enum" in spec else None,
+            object_type=spec.get("object_type"), profiles=frozenset(spec["profiles"]) if spec.get("profiles") else None,
+            opaque=base == "json_t" or (base == "object_t" and spec.get("object_type") == FREE_FORM_OBJECT))
+    return out
+
+
+def _applies(attribute: Attribute, profiles: set[str]) -> bool:
+    return attribute.profiles is None or not attribute.profiles.isdisjoint(profiles)
+
+
+def _check_object(value: dict[str, Any], attributes: dict[str, Attribute], path: str, profiles: set[str],
                   errors: list[str]) -> None:
     for name, attribute in attributes.items():
-        if attribute["requirement"] == "required" and _applies(attribute, profiles) and value.get(name) is None:
+        if attribute.required and value.get(name) is None and _applies(attribute, profiles):
             errors.append(f"{path}{name}: required attribute missing")
     for name, item in value.items():
         attribute = attributes.get(name)
-        where = f"{path}{name}"
         if attribute is None:
-            errors.append(f"{where}: not an attribute of this class/object (put it in unmapped)")
-        elif not _applies(attribute, profiles):
-            errors.append(f"{where}: needs profile {attribute['profiles']} in metadata.profiles")
+            errors.append(f"{path}{name}: not an attribute of this class/object (put it in unmapped)")
+        elif attribute.profiles is not None and not _applies(attribute, profiles):
+            errors.append(f"{path}{name}: needs profile {sorted(attribute.profiles)} in metadata.profiles")
         elif item is not None:
-            if attribute.get("is_array"):
+            if attribute.is_array:
                 if not isinstance(item, list):
-                    errors.append(f"{where}: expected an array")
+                    errors.append(f"{path}{name}: expected an array")
                     continue
                 for index, element in enumerate(item):
-                    _check_value(element, attribute, f"{where}[{index}]", profiles, errors)
+                    _check_value(element, attribute, f"{path}{name}[{index}]", profiles, errors)
             else:
-                _check_value(item, attribute, where, profiles, errors)
+                _check_value(item, attribute, path + name, profiles, errors)
 
 
-def _check_value(value: Any, attribute: dict[str, Any], where: str, profiles: set[str], errors: list[str]) -> None:
-    base = definition()["base_types"].get(attribute["type"], attribute["type"])
+def _check_value(value: Any, attribute: Attribute, where: str, profiles: set[str], errors: list[str]) -> None:
+    base = attribute.base
     if base == "object_t":
         if not isinstance(value, dict):
             errors.append(f"{where}: expected an object")
-        elif attribute["object_type"] != FREE_FORM_OBJECT:
-            spec = definition()["objects"].get(attribute["object_type"])
-            if spec is None:
-                errors.append(f"{where}: object {attribute['object_type']} is not in the schema file")
+        elif not attribute.opaque:
+            if attribute.object_type not in definition()["objects"]:
+                errors.append(f"{where}: object {attribute.object_type} is not in the schema file")
             else:
-                _check_object(value, spec["attributes"], f"{where}.", profiles, errors)
+                _check_object(value, attributes_of("objects", attribute.object_type), f"{where}.", profiles, errors)
         return
-    if not _type_ok(value, base):
-        errors.append(f"{where}: {type(value).__name__} {value!r:.60} is not {attribute['type']}")
-        return
-    enum = attribute.get("enum")
-    if enum is not None and str(value) not in enum:
-        errors.append(f"{where}: {value!r} is not one of the enum values {enum}")
+    if not _TYPE_CHECKS[base](value):
+        errors.append(f"{where}: {type(value).__name__} {value!r:.60} is not {attribute.type}")
+    elif attribute.enum is not None and str(value) not in attribute.enum:
+        errors.append(f"{where}: {value!r} is not one of the enum values {sorted(attribute.enum)}")
 
 
-def _type_ok(value: Any, base: str) -> bool:
-    if base == "string_t":
-        return isinstance(value, str)
-    if base == "boolean_t":
-        return isinstance(value, bool)
-    if base == "integer_t":
-        return isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX
-    if base == "long_t":
-        return isinstance(value, int) and not isinstance(value, bool) and LONG_MIN <= value <= LONG_MAX
-    if base == "float_t":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return base == "json_t"
+_TYPE_CHECKS = {
+    "string_t": lambda v: type(v) is str,
+    "boolean_t": lambda v: type(v) is bool,
+    "integer_t": lambda v: type(v) is int and INT_MIN <= v <= INT_MAX,
+    "long_t": lambda v: type(v) is int and LONG_MIN <= v <= LONG_MAX,
+    "float_t": lambda v: type(v) in (int, float),
+    "json_t": lambda v: True,
+}
