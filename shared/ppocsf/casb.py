@@ -74,8 +74,8 @@ def alert(record: dict[str, Any], include_raw: bool = False) -> dict[str, Any]:
     if not event["observables"]:
         del event["observables"]
     rest = unmapped(raw, ALERT_FIELDS)
-    details = [{k: v for k, v in e.items() if k not in ("event_id", "user_email", "full_name", "user_agent")}
-               for e in related]
+    mapped = ("event_id", "user_email", "full_name", "user_agent", "cloud_service", "event_classification", "file_id")
+    details = [{k: v for k, v in e.items() if k not in mapped} for e in related]
     if any(details):
         rest["related_events"] = details
     if rest:
@@ -134,7 +134,7 @@ def activity(record: dict[str, Any], include_raw: bool = False) -> dict[str, Any
                                        ("src_endpoint.ip", OBS_IP, raw.get("requestIp")))
     if not event["observables"]:
         del event["observables"]
-    rest = unmapped(raw, EVENT_FIELDS)
+    rest = unmapped(raw, EVENT_FIELDS if event["class_uid"] == 6001 else set(EVENT_FIELDS) - {"resource"})
     if rest:
         event["unmapped"] = rest
     return event

@@ -173,7 +173,7 @@ def maillog(record: dict[str, Any], include_raw: bool = False) -> dict[str, Any]
         del event["observables"]
     rest = {k: v for k, v in {
         "sm": unmapped(sm, ("from", "to", "msgid", "qid", "sizeBytes", "stat", "dsn", "relay")),
-        **unmapped(raw, ("sm", "ts", "id")),
+        **unmapped(raw, ("sm", "ts")),
     }.items() if v}
     if rest:
         event["unmapped"] = rest
@@ -207,7 +207,7 @@ def audit(record: dict[str, Any], include_raw: bool = False) -> dict[str, Any]:
         del event["observables"]
     rest = {k: v for k, v in {
         "audit": unmapped(entry, ("action", "level", "resourceType", "resourceName", "user")),
-        **unmapped(raw, ("audit", "ts", "guid")),
+        **unmapped(raw, ("audit", "ts")),
     }.items() if v}
     if rest:
         event["unmapped"] = rest

@@ -46,9 +46,9 @@ INBOUND = 1
 REGULAR_FILE = 1
 SHA256, MD5 = 3, 1
 MESSAGE_FIELDS = ("GUID", "messageID", "messageTime", "messageSize", "subject", "sender", "senderIP", "recipient",
-                  "fromAddress", "headerFrom", "replyToAddress", "toAddresses", "ccAddresses", "threatsInfoMap")
+                  "fromAddress", "replyToAddress", "toAddresses", "ccAddresses", "threatsInfoMap", "cluster")
 CLICK_FIELDS = ("clickTime", "clickIP", "userAgent", "url", "recipient", "threatID", "threatURL", "classification",
-                "threatStatus", "threatTime")
+                "threatStatus", "threatTime", "campaignId", "GUID")
 
 
 def map_record(record: dict[str, Any], include_raw: bool = False) -> Iterator[dict[str, Any]]:

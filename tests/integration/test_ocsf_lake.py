@@ -11,12 +11,14 @@ import re
 from collections import Counter
 
 import boto3
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from ppcollector.kvstore import DynamoKV
 from ppocsf.lake import is_archive_object
+from ppocsf.local import convert_archive
 from ppocsf.normalize import normalize
 from ppocsf.schema import class_name
 from ppocsf.writer import LakeWriter, ProviderRoleClients, WriterConfig, failed_objects
@@ -104,6 +106,16 @@ def test_raw_objects_of_a_collection_run_become_security_lake_parquet_once(
     s3.put_object(Bucket=raw_bucket, Key=broken, Body=good)
     assert writer.handle_sqs(_object_created(raw_bucket, [broken])) == {"batchItemFailures": []}
     assert failed_objects(status) == []
+
+
+    # The local path (make demo): the same archive as Parquet files on disk, read back as a dataset.
+    local = convert_archive(s3, raw_bucket, tmp_path / "securitylake", region="us-east-1")
+    for name, count in expected.items():
+        assert local[name] >= count  # the bucket also holds other tests' records
+    dataset = ds.dataset(tmp_path / "securitylake" / "ext" / "pp_email_activity", partitioning="hive")
+    table = dataset.to_table(columns=["time", "metadata", "region", "accountId", "eventDay"])
+    assert table.num_rows == local["email_activity"]
+    assert set(table.column("accountId").to_pylist()) == {"local"}
 
 
 def _source_of(class_uid: int) -> str:
