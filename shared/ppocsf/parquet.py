@@ -30,7 +30,7 @@ from .schema import Attribute, attributes_of, classes_by_uid, definition
 
 COMPRESSION = "zstd"
 BATCH_ROWS = 4096  # records decoded from the spool at a time
-ROW_GROUP_ROWS = 65536  # AWS: a row group at most 256 MB compressed; OCSF rows here are ~1-4 KB
+ROW_GROUP_BYTES = 32 * 1024 * 1024  # Arrow bytes per row group: bounds memory (AWS: <= 256 MB compressed)
 DATA_PAGE_BYTES = 1024 * 1024  # AWS: data pages at most 1 MB uncompressed
 MAX_FILE_ROWS = 1_000_000  # a larger class/day is split into parts (never reached from one 64 MiB raw object)
 _SCALARS = {"string_t": pa.string(), "integer_t": pa.int32(), "long_t": pa.int64(), "boolean_t": pa.bool_(),
@@ -174,26 +174,26 @@ class ParquetSpooler:
 
 
 class _PartWriter:
-    """One Parquet file; tables are gathered into row groups of ``ROW_GROUP_ROWS``."""
+    """One Parquet file; tables are gathered into row groups of about ``ROW_GROUP_BYTES`` (in memory)."""
 
     def __init__(self, path: Path, schema: pa.Schema, number: int = 0) -> None:
         self.path, self.number, self.rows = path, number, 0
         self._writer = pq.ParquetWriter(path, schema, compression=COMPRESSION, data_page_size=DATA_PAGE_BYTES)
         self._pending: list[pa.Table] = []
-        self._pending_rows = 0
+        self._pending_bytes = 0
 
     def add(self, table: pa.Table) -> None:
         self._pending.append(table)
-        self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes
         self.rows += table.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS:
+        if self._pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         if self._pending:
             table = pa.concat_tables(self._pending)
             self._writer.write_table(table, row_group_size=table.num_rows)
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_bytes = [], 0
 
     def close(self, class_uid: int, day: str) -> WrittenFile:
         self._flush()
