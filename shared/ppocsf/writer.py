@@ -5,7 +5,7 @@ A raw object that cannot be converted is never skipped: its message is reported 
 failure, so SQS delivers it again (and, after ``maxReceiveCount`` deliveries, parks it in the dead
 letter queue, whose alarm and redrive are in the README); each failure is counted
 (``OcsfConversionFailures``), logged without record content, and listed in the state table
-(``ppctl ocsf status``) until a later attempt converts it.
+(``status.py``, ``ppctl ocsf status``) until a later attempt converts it.
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from ppcollector.kvstore import KeyValueStore
 from ppcollector.observability import emit_metrics, logger
-from ppcollector.timeutil import format_rfc3339, utcnow
 
 from .lake import SOURCE_NAMES, archive_lines, convert, is_archive_object
+from .status import record_failure, record_success
 
-STATUS_PK = "ocsf"
-STATUS_SK = "status"
-FAILED_SK_PREFIX = "failed#"
 SOURCE_PLACEHOLDER = "{source}"
 ROLE_SECONDS = 3600
 ROLE_REFRESH_SECONDS = 900  # assumed credentials are renewed when less than this is left
@@ -126,30 +123,12 @@ class LakeWriter:
         return True
 
     def _record_failure(self, key: str, error: str) -> None:
-        if self.status is None:
-            return
-        now = format_rfc3339(utcnow())
-        previous = self.status.get(STATUS_PK, FAILED_SK_PREFIX + key)
-        attempts = (previous.data.get("attempts", 0) if previous else 0) + 1
-        self.status.put(STATUS_PK, FAILED_SK_PREFIX + key,
-                        {"raw_key": key, "error": error[:500], "attempts": attempts, "last_attempt": now}, None)
-        self._update_summary(last_error=error[:500], last_error_time=now, last_error_key=key)
+        if self.status is not None:
+            record_failure(self.status, key, error)
 
     def _record_success(self, key: str) -> None:
-        if self.status is None:
-            return
-        if self.status.get(STATUS_PK, FAILED_SK_PREFIX + key) is not None:
-            self.status.delete(STATUS_PK, FAILED_SK_PREFIX + key)
-        self._update_summary(last_success=format_rfc3339(utcnow()), last_success_key=key)
-
-    def _update_summary(self, **values: Any) -> None:
-        current = self.status.get(STATUS_PK, STATUS_SK)
-        self.status.put(STATUS_PK, STATUS_SK, {**(current.data if current else {}), **values}, None)
-
-
-def failed_objects(status: KeyValueStore) -> list[dict[str, Any]]:
-    """The raw objects whose last conversion failed (``ppctl ocsf status``)."""
-    return [item.data for item in status.query(STATUS_PK) if item.sk.startswith(FAILED_SK_PREFIX)]
+        if self.status is not None:
+            record_success(self.status, key)
 
 
 class ProviderRoleClients:

@@ -21,8 +21,9 @@ from ppocsf.lake import is_archive_object
 from ppocsf.local import convert_archive
 from ppocsf.normalize import normalize
 from ppocsf.schema import class_name
-from ppocsf.writer import LakeWriter, ProviderRoleClients, WriterConfig, failed_objects
-from tests.integration.conftest import ROOT
+from ppocsf.status import failed_objects
+from ppocsf.writer import LakeWriter, ProviderRoleClients, WriterConfig
+from tests.integration.conftest import ROOT, run_ppctl
 from tests.integration.test_casb_pipeline import add_casb, casb_sim  # noqa: F401 - fixture
 from tests.integration.test_tap_pipeline import add_instance, invoke, sim  # noqa: F401 - fixture
 
@@ -69,6 +70,15 @@ def test_raw_objects_of_a_collection_run_become_security_lake_parquet_once(
     expected = Counter(class_name(e["class_uid"]) for r in raw_records for e in normalize(r))
     assert {"email_activity", "web_resources_activity", "detection_finding"} <= set(expected)
 
+    # ppctl ocsf sample: the instance's newest archived events as OCSF, validated.
+    sample = json.loads(run_ppctl("ocsf", "sample", "ocsf-tap", "--count", "2", "--json",
+                                  "--stack", deployed_stack["name"]).stdout)
+    assert sample["raw_key"] in raw_keys and sample["records"]
+    raw_ids = {r["id"] for r in raw_records}
+    assert any(e["metadata"]["uid"] in raw_ids for e in sample["records"])
+    missing = run_ppctl("ocsf", "sample", "no-such-instance", "--stack", deployed_stack["name"], check=False)
+    assert missing.returncode == 1 and missing.stderr.strip() == "ppctl: no instance named 'no-such-instance'"
+
     s3.create_bucket(Bucket=LAKE_BUCKET)
     config = WriterConfig(raw_bucket=raw_bucket, lake_bucket=LAKE_BUCKET, region="us-east-1", account=ACCOUNT,
                           role_arn=ROLE, external_id="ocsf-it")
@@ -101,6 +111,9 @@ def test_raw_objects_of_a_collection_run_become_security_lake_parquet_once(
     result = writer.handle_sqs(_object_created(raw_bucket, [raw_keys[0], broken]))
     assert result == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
     assert [f["raw_key"] for f in failed_objects(status)] == [broken]
+    shown = json.loads(run_ppctl("ocsf", "status", "--json", "--stack", deployed_stack["name"]).stdout)
+    assert [(f["raw_key"], f["attempts"]) for f in shown["failed"]] == [(broken, 1)]
+    assert shown["last_error_key"] == broken and shown["enabled"] is False  # the emulator's stack: writer off
     s3.delete_object(Bucket=raw_bucket, Key=broken)
     good = s3.get_object(Bucket=raw_bucket, Key=raw_keys[0])["Body"].read()
     s3.put_object(Bucket=raw_bucket, Key=broken, Body=good)

@@ -17,7 +17,8 @@ from ppcollector.kvstore import MemoryKV
 from ppocsf.lake import ConversionError, archive_lines, convert, local_put
 from ppocsf.normalize import normalize
 from ppocsf.schema import class_name
-from ppocsf.writer import LakeWriter, ProviderRoleClients, WriterConfig, failed_objects
+from ppocsf.status import failed_objects
+from ppocsf.writer import LakeWriter, ProviderRoleClients, WriterConfig
 from tests.ocsf_samples import fixture_records, simulator_records
 
 RAW_KEY = "proofpoint/source=tap/instance=acme/event_type=all/dt=2025-11-20/hour=12/a_b_0000.json.gz"
