@@ -45,11 +45,15 @@ def is_archive_object(key: str) -> bool:
 
 
 def object_key(raw_key: str, class_uid: int, day: str, part: int, *, region: str, account: str,
-               prefix: str = "ext") -> str:
-    """The Security Lake key of one part of one class and day converted from ``raw_key``."""
+               prefix: str = "ext", source_version: str = "") -> str:
+    """The Security Lake key of one part of one class and day converted from ``raw_key``.
+
+    ``source_version``: when the source's location that create-custom-log-source returned ends with
+    its version (``ext/<source>/<version>/``), the partitions go below it."""
     stem = raw_key.rsplit("/", 1)[-1].removesuffix(ARCHIVE_SUFFIX)
     digest = hashlib.sha256(raw_key.encode("utf-8")).hexdigest()[:16]
-    return (f"{prefix}/{SOURCE_NAMES[class_uid]}/region={region}/accountId={account}/eventDay={day}/"
+    location = f"{prefix}/{SOURCE_NAMES[class_uid]}/" + (f"{source_version}/" if source_version else "")
+    return (f"{location}region={region}/accountId={account}/eventDay={day}/"
             f"{digest}_{stem}_{class_uid}_{part:04d}.zstd.parquet")
 
 
@@ -70,7 +74,7 @@ def archive_lines(body: IO[bytes]) -> Iterator[bytes]:
 
 
 def convert(raw_key: str, lines: Iterable[bytes], put: Callable[[str, Path], None], *, region: str,
-            account: str, include_raw: bool = False, prefix: str = "ext") -> Converted:
+            account: str, include_raw: bool = False, prefix: str = "ext", source_version: str = "") -> Converted:
     """Normalise every record of one raw object, validate each OCSF record, write the Parquet files and
     hand each to ``put(key, path)``. Any bad line or invalid record fails the whole object (nothing
     written), so the caller reports and retries it."""
@@ -93,7 +97,7 @@ def convert(raw_key: str, lines: Iterable[bytes], put: Callable[[str, Path], Non
             keys = []
             for item in written:
                 key = object_key(raw_key, item.class_uid, item.day, item.part, region=region, account=account,
-                                 prefix=prefix)
+                                 prefix=prefix, source_version=source_version)
                 put(key, item.path)
                 keys.append(key)
     finally:

@@ -41,6 +41,7 @@ class WriterConfig:
     external_id: str = ""
     include_raw: bool = False
     prefix: str = "ext"
+    source_version: str = ""  # set when the source's location ends with its version (README)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> WriterConfig:
@@ -49,6 +50,7 @@ class WriterConfig:
                    region=env.get("SECURITY_LAKE_REGION") or env["AWS_REGION"],
                    account=env["SECURITY_LAKE_ACCOUNT_ID"], role_arn=env.get("SECURITY_LAKE_ROLE_ARN", ""),
                    external_id=env.get("SECURITY_LAKE_EXTERNAL_ID", ""),
+                   source_version=env.get("SECURITY_LAKE_SOURCE_VERSION", ""),
                    include_raw=env.get("OCSF_INCLUDE_RAW_DATA", "false").lower() == "true")
 
 
@@ -75,7 +77,7 @@ class LakeWriter:
         body = self.raw_client.get_object(Bucket=self.config.raw_bucket, Key=key)["Body"]
         converted = convert(key, archive_lines(body), self._put, region=self.config.region,
                             account=self.config.account, include_raw=self.config.include_raw,
-                            prefix=self.config.prefix)
+                            prefix=self.config.prefix, source_version=self.config.source_version)
         return converted.rows_by_class | {"records": converted.records_in, "objects": len(converted.keys)}
 
     def _put(self, key: str, path: Path) -> None:

@@ -156,3 +156,13 @@ def test_each_source_is_written_with_its_provider_role_narrowed_to_its_own_prefi
                                     "Resource": "arn:aws:s3:::lake/ext/pp_email_activity/*"}]
     with pytest.raises(ValueError):
         clients("somebody_else")
+
+
+def test_a_versioned_source_location_puts_the_partitions_below_the_version():
+    from ppocsf.lake import object_key
+
+    plain = object_key(RAW_KEY, 4009, "20251120", 0, region="eu-west-1", account="111122223333")
+    versioned = object_key(RAW_KEY, 4009, "20251120", 0, region="eu-west-1", account="111122223333",
+                           source_version="1.0")
+    assert plain.startswith("ext/pp_email_activity/region=eu-west-1/accountId=111122223333/eventDay=20251120/")
+    assert versioned == plain.replace("ext/pp_email_activity/", "ext/pp_email_activity/1.0/")
