@@ -1,7 +1,7 @@
 """OCSF records → Parquet (zstd) files, one class per file, rows sorted by ``time``, bounded memory.
 
-Records are spooled as JSON lines to a temporary file per (class, eventDay) while only their time and
-offset stay in memory (16 bytes per record); each file's Arrow schema is derived from the OCSF
+Records are spooled to a temporary file per (class, eventDay) while only their time, offset and size
+stay in memory (24 bytes per record); each file's Arrow schema is derived from the OCSF
 definition for exactly the attributes present in its records, so every file has one consistent schema
 whatever the records hold. The file is then written row group by row group, reading the spool in time
 order: at most ``BATCH_ROWS`` records exist as Python objects at once.
@@ -14,6 +14,7 @@ is stored as null (Parquet has no empty struct).
 from __future__ import annotations
 
 import json
+import marshal
 import tempfile
 from array import array
 from collections.abc import Callable, Iterator
@@ -99,19 +100,27 @@ def _arrow_type(attribute: Attribute, node: dict[str, Any]) -> pa.DataType | Non
 
 @dataclass
 class _Spool:
-    """One (class, eventDay)'s encoded records in a temporary file; time and offset per record."""
+    """One (class, eventDay)'s encoded records in a temporary file; time, offset and size per record.
+
+    Records are spooled with ``marshal`` (plain dicts, lists, strings and numbers, written and read back
+    by this same process): several times faster than JSON both ways."""
 
     class_uid: int
     day: str
     file: Any = field(default_factory=lambda: tempfile.TemporaryFile())  # noqa: SIM115 - closed in close()
     times: array = field(default_factory=lambda: array("q"))
     offsets: array = field(default_factory=lambda: array("q"))
+    sizes: array = field(default_factory=lambda: array("l"))
     tree: dict[str, Any] = field(default_factory=dict)
+    _end: int = 0
 
     def add(self, row: dict[str, Any], time_ms: int) -> None:
+        data = marshal.dumps(row)
         self.times.append(time_ms)
-        self.offsets.append(self.file.tell())
-        self.file.write(_ENCODER.encode(row).encode("utf-8") + b"\n")
+        self.offsets.append(self._end)
+        self.sizes.append(len(data))
+        self.file.write(data)
+        self._end += len(data)
 
     def sorted_rows(self) -> Iterator[list[dict[str, Any]]]:
         """Batches of at most ``BATCH_ROWS`` records in time order (ties: arrival order; the sort is stable)."""
@@ -120,7 +129,7 @@ class _Spool:
             batch = []
             for index in order.slice(start, BATCH_ROWS).to_pylist():
                 self.file.seek(self.offsets[index])
-                batch.append(json.loads(self.file.readline()))
+                batch.append(marshal.loads(self.file.read(self.sizes[index])))  # noqa: S302 - our own spool
             yield batch
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ def validate(record: dict[str, Any]) -> list[str]:
     unknown_profiles = profiles - set(spec["profiles"])
     if unknown_profiles:
         errors.append(f"metadata.profiles: {sorted(unknown_profiles)} not defined for this class")
-    _check_object(record, attributes_of("classes", spec_name), "", profiles, errors)
+    _check_object(record, "classes", spec_name, "", profiles, errors)
     if record.get("category_uid") != spec["category_uid"]:
         errors.append(f"category_uid: {record.get('category_uid')!r}, the class is in {spec['category_uid']}")
     activity_id = record.get("activity_id", 0)
@@ -103,47 +103,61 @@ def attributes_of(kind: str, name: str) -> dict[str, Attribute]:
     return out
 
 
+@functools.cache
+def _required(kind: str, name: str) -> tuple[Attribute, ...]:
+    return tuple(a for a in attributes_of(kind, name).values() if a.required)
+
+
 def _applies(attribute: Attribute, profiles: set[str]) -> bool:
     return attribute.profiles is None or not attribute.profiles.isdisjoint(profiles)
 
 
-def _check_object(value: dict[str, Any], attributes: dict[str, Attribute], path: str, profiles: set[str],
+def _check_object(value: dict[str, Any], kind: str, name: str, path: str, profiles: set[str],
                   errors: list[str]) -> None:
-    for name, attribute in attributes.items():
-        if attribute.required and value.get(name) is None and _applies(attribute, profiles):
-            errors.append(f"{path}{name}: required attribute missing")
-    for name, item in value.items():
-        attribute = attributes.get(name)
+    """``path``: where ``value`` is ("" for the record, else ending with "."); error texts only are built
+    from it, so a valid record costs no string work."""
+    for attribute in _required(kind, name):
+        if value.get(attribute.name) is None and _applies(attribute, profiles):
+            errors.append(f"{path}{attribute.name}: required attribute missing")
+    attributes = attributes_of(kind, name)
+    for key, item in value.items():
+        attribute = attributes.get(key)
         if attribute is None:
-            errors.append(f"{path}{name}: not an attribute of this class/object (put it in unmapped)")
+            errors.append(f"{path}{key}: not an attribute of this class/object (put it in unmapped)")
         elif attribute.profiles is not None and not _applies(attribute, profiles):
-            errors.append(f"{path}{name}: needs profile {sorted(attribute.profiles)} in metadata.profiles")
+            errors.append(f"{path}{key}: needs profile {sorted(attribute.profiles)} in metadata.profiles")
         elif item is not None:
             if attribute.is_array:
-                if not isinstance(item, list):
-                    errors.append(f"{path}{name}: expected an array")
+                if type(item) is not list:
+                    errors.append(f"{path}{key}: expected an array")
                     continue
                 for index, element in enumerate(item):
-                    _check_value(element, attribute, f"{path}{name}[{index}]", profiles, errors)
+                    _check_value(element, attribute, path, key, index, profiles, errors)
             else:
-                _check_value(item, attribute, path + name, profiles, errors)
+                _check_value(item, attribute, path, key, None, profiles, errors)
 
 
-def _check_value(value: Any, attribute: Attribute, where: str, profiles: set[str], errors: list[str]) -> None:
+def _check_value(value: Any, attribute: Attribute, path: str, key: str, index: int | None, profiles: set[str],
+                 errors: list[str]) -> None:
     base = attribute.base
     if base == "object_t":
-        if not isinstance(value, dict):
-            errors.append(f"{where}: expected an object")
+        if type(value) is not dict:
+            errors.append(f"{_where(path, key, index)}: expected an object")
         elif not attribute.opaque:
             if attribute.object_type not in definition()["objects"]:
-                errors.append(f"{where}: object {attribute.object_type} is not in the schema file")
+                errors.append(f"{_where(path, key, index)}: object {attribute.object_type} is not in the schema file")
             else:
-                _check_object(value, attributes_of("objects", attribute.object_type), f"{where}.", profiles, errors)
+                _check_object(value, "objects", attribute.object_type, f"{_where(path, key, index)}.", profiles,
+                              errors)
         return
     if not _TYPE_CHECKS[base](value):
-        errors.append(f"{where}: {type(value).__name__} {value!r:.60} is not {attribute.type}")
+        errors.append(f"{_where(path, key, index)}: {type(value).__name__} {value!r:.60} is not {attribute.type}")
     elif attribute.enum is not None and str(value) not in attribute.enum:
-        errors.append(f"{where}: {value!r} is not one of the enum values {sorted(attribute.enum)}")
+        errors.append(f"{_where(path, key, index)}: {value!r} is not one of the enum values {sorted(attribute.enum)}")
+
+
+def _where(path: str, key: str, index: int | None) -> str:
+    return f"{path}{key}" if index is None else f"{path}{key}[{index}]"
 
 
 _TYPE_CHECKS = {
