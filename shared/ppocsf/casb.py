@@ -35,7 +35,7 @@ WEB_VERBS = (("download", 7), ("export", 7), ("upload", 6), ("import", 6), ("sha
              ("remove", 4), ("create", 1), ("add", 1), ("change", 3), ("update", 3), ("edit", 3), ("modify", 3),
              ("view", 2), ("read", 2), ("open", 2), ("preview", 2), ("search", 5))
 ALERT_FIELDS = ("id", "timestamp", "severity", "title", "description", "type", "sub_type", "related_events")
-EVENT_FIELDS = ("eventId", "cloudService", "timestamp", "resource", "action", "userEmail", "requestIp",
+EVENT_FIELDS = ("cloudService", "timestamp", "resource", "action", "userEmail", "requestIp",
                 "geographicalContextCountry", "geographicalContextState", "geographicalContextCity", "userAgent")
 
 
@@ -52,6 +52,7 @@ def alert(record: dict[str, Any], include_raw: bool = False) -> dict[str, Any]:
     event["metadata"]["tenant_uid"] = raw.get("tenant_id")
     event.update(pruned({
         "status_id": FINDING_NEW,
+        "severity": raw.get("severity"),
         "finding_info": {
             "uid": str(raw.get("id") or record["id"]),
             "title": raw.get("title") or raw.get("sub_type") or "CASB alert",

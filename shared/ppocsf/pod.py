@@ -86,6 +86,7 @@ def message(record: dict[str, Any], include_raw: bool = False) -> dict[str, Any]
     rcpts = [r for r in envelope.get("rcpts") or [] if r]
     event.update(pruned({
         "direction_id": direction,
+        "direction": filt.get("routeDirection"),
         "action_id": action,
         "disposition_id": disposition,
         "disposition": filt.get("disposition"),
@@ -191,6 +192,7 @@ def audit(record: dict[str, Any], include_raw: bool = False) -> dict[str, Any]:
                        time=raw["ts"], original_time=raw["ts"], include_raw=include_raw)
     event["metadata"]["tenant_uid"] = ((raw.get("metadata") or {}).get("origin") or {}).get("data", {}).get("cid")
     event.update(pruned({
+        "severity": entry.get("level"),
         "activity_name": action if activity == OTHER else None,
         "api": {"operation": action, "service": {"name": ((raw.get("metadata") or {}).get("origin") or {})
                                                   .get("type")}},

@@ -157,3 +157,25 @@ def test_wrong_types_enums_and_undefined_attributes_fail_validation(change, expe
     event = next(normalize(_tap("messagesDelivered")))
     change(event)
     assert any(error.startswith(expected) for error in validate(event)), validate(event)
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str) and value:
+        yield value
+
+
+def test_no_text_of_a_vendor_event_is_lost():
+    """Every string of the vendor event is in its OCSF records: mapped to an attribute, or in unmapped."""
+    import json
+
+    for record in FIXTURES + SIMULATED:
+        text = json.dumps(list(normalize(record)), ensure_ascii=False)
+        lost = [s for s in _strings(record["raw"]) if s not in text and json.dumps(s, ensure_ascii=False)[1:-1]
+                not in text]
+        assert not lost, (record["source"], record["event_type"], lost[:5])
