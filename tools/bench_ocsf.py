@@ -68,6 +68,7 @@ def worker(parts: list[str], cpu: int) -> dict[str, Any]:
     """Convert every part on one core; CPU seconds, counts, sizes and this process's peak RSS."""
     import tempfile
 
+    from ppcollector.sinks import partition_prefix
     from ppocsf.lake import archive_lines, convert
 
     os.sched_setaffinity(0, {cpu})
@@ -80,7 +81,7 @@ def worker(parts: list[str], cpu: int) -> dict[str, Any]:
     started = time.process_time()
     with tempfile.TemporaryDirectory():
         for part in parts:
-            raw_key = f"proofpoint/source=tap/instance=bench/event_type=all/dt=2025-11-20/hour=13/{Path(part).name}"
+            raw_key = partition_prefix("proofpoint_tap", "bench", "all", "2025-11-20T13") + Path(part).name
             with open(part, "rb") as body:
                 converted = convert(raw_key, archive_lines(body), put, region="us-east-1", account="123456789012")
             events += converted.records_in

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ppcollector.kvstore import DynamoKV
-from ppcollector.sinks import partition_prefix
+from ppcollector.sinks import parse_archive_key, partition_path, partition_prefix
 from ppocsf.normalize import normalize
 from ppocsf.schema import class_name, validate
 from ppocsf.status import failed_objects, summary
 
 MAX_SAMPLE = 50
+MAX_SAMPLE_DAYS = 30  # how far back `ocsf sample` looks for the instance's newest archived events
 
 
 def register(sub: Any, command: Callable[[Any, str, str], argparse.ArgumentParser],
@@ -42,7 +43,8 @@ def cmd_sample(args: argparse.Namespace, stack: Any, error: type[Exception]) -> 
         raise error(f"no instance named {args.name!r}")
     key = _newest_archive_object(stack, instance.connector, instance.name)
     if key is None:
-        raise error(f"{args.name} has nothing in the archive yet (ppctl status shows its last poll)")
+        raise error(f"{args.name} has nothing in the archive of the last {MAX_SAMPLE_DAYS} days "
+                    "(ppctl status shows its last poll)")
     body = stack.clients["s3"].get_object(Bucket=stack.outputs["RawBucketName"], Key=key)["Body"].read()
     records = [json.loads(line) for line in gzip.decompress(body).splitlines()[:args.count] if line.strip()]
     events = [event for record in records for event in normalize(record, include_raw=args.raw_data)]
@@ -60,16 +62,37 @@ def cmd_sample(args: argparse.Namespace, stack: Any, error: type[Exception]) -> 
 
 
 def _newest_archive_object(stack: Any, connector: str, instance: str) -> str | None:
-    """The instance's most recently written archive object (the layout comes from sinks.partition_prefix)."""
-    prefix = partition_prefix(connector, instance, "-", "2000-01-01T00").split("event_type=")[0]
+    """The instance's most recently written archive object: per event type, the newest hour partition
+    holding any of its objects (the key layout is sinks.partition_path / partition_prefix)."""
+    s3, bucket = stack.clients["s3"], stack.outputs["RawBucketName"]
+    source_root = partition_path(connector, "-", "2000-01-01T00").split("event_type=")[0]
     newest: tuple[Any, str] | None = None
-    pages = stack.clients["s3"].get_paginator("list_objects_v2").paginate(Bucket=stack.outputs["RawBucketName"],
-                                                                        Prefix=prefix)
-    for page in pages:
-        for item in page.get("Contents", []):
-            if newest is None or item["LastModified"] > newest[0]:
-                newest = (item["LastModified"], item["Key"])
+    for type_folder in _folders(s3, bucket, source_root):
+        event_type = type_folder.rstrip("/").rsplit("event_type=", 1)[-1]
+        found = _newest_in_event_type(s3, bucket, connector, instance, event_type, type_folder)
+        if found is not None and (newest is None or found[0] > newest[0]):
+            newest = found
     return newest[1] if newest else None
+
+
+def _newest_in_event_type(s3: Any, bucket: str, connector: str, instance: str, event_type: str,
+                          type_folder: str) -> tuple[Any, str] | None:
+    for day_folder in sorted(_folders(s3, bucket, type_folder), reverse=True)[:MAX_SAMPLE_DAYS]:
+        day = day_folder.rstrip("/").rsplit("dt=", 1)[-1]
+        for hour_folder in sorted(_folders(s3, bucket, day_folder), reverse=True):
+            hour = hour_folder.rstrip("/").rsplit("hour=", 1)[-1]
+            prefix = partition_prefix(connector, instance, event_type, f"{day}T{hour}")
+            objects = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                       for o in page.get("Contents", []) if parse_archive_key(o["Key"]) is not None]
+            if objects:
+                newest = max(objects, key=lambda o: o["LastModified"])
+                return newest["LastModified"], newest["Key"]
+    return None
+
+
+def _folders(s3: Any, bucket: str, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+    return [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
 
 
 def cmd_status(args: argparse.Namespace, stack: Any, emit: Callable[..., None]) -> int:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ppcollector.sinks import parse_archive_key
+
 from .normalize import normalize
 from .parquet import ParquetSpooler, WrittenFile
 from .schema import OcsfValidationError, class_name, validate
@@ -31,7 +33,7 @@ SOURCE_NAMES = {
     6003: "pp_api_activity",
     3002: "pp_authentication",
 }
-ARCHIVE_PREFIX = "proofpoint/source="  # the collector's archive objects (sinks.partition_prefix)
+ARCHIVE_PREFIX = "proofpoint/source="  # where the archive objects are listed from (sinks.partition_path)
 ARCHIVE_SUFFIX = ".json.gz"
 
 
@@ -40,8 +42,9 @@ class ConversionError(ValueError):
 
 
 def is_archive_object(key: str) -> bool:
-    """An archive object of the collector (not an oversize spill or anything else in the bucket)."""
-    return key.startswith(ARCHIVE_PREFIX) and key.endswith(ARCHIVE_SUFFIX)
+    """An archive object of the collector (not an oversize copy or anything else in the bucket): the
+    archive's key layout is read by ``sinks.parse_archive_key`` only."""
+    return key.startswith(ARCHIVE_PREFIX) and parse_archive_key(key) is not None
 
 
 def object_key(raw_key: str, class_uid: int, day: str, part: int, *, region: str, account: str,

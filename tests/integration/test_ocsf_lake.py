@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from ppcollector.kvstore import DynamoKV
+from ppcollector.sinks import parse_archive_key, partition_prefix
 from ppocsf.lake import is_archive_object
 from ppocsf.local import convert_archive
 from ppocsf.normalize import normalize
@@ -63,10 +64,12 @@ def test_raw_objects_of_a_collection_run_become_security_lake_parquet_once(
         assert invoke(deployed_stack, event, function=function).returncode == 0
     s3 = boto3.client("s3")
     raw_bucket = deployed_stack["RawBucketName"]
-    prefixes = ("proofpoint/source=tap/instance=ocsf-tap/", "proofpoint/source=casb/instance=ocsf-casb/")
-    raw_keys = [k for prefix in prefixes for k in _raw_keys(s3, raw_bucket, prefix)]
-    assert raw_keys and all(is_archive_object(k) for k in raw_keys)
-    raw_records = [r for prefix in prefixes for r in stack_reader.s3_records(prefix)]
+    ours = {"ocsf-tap", "ocsf-casb"}
+    raw_keys = [k for k in _raw_keys(s3, raw_bucket, "proofpoint/") if is_archive_object(k)
+                and parse_archive_key(k).instance in ours]
+    assert {parse_archive_key(k).source for k in raw_keys} == {"tap", "casb"}
+    assert not [k for k in _raw_keys(s3, raw_bucket, "proofpoint/oversize/") if is_archive_object(k)]
+    raw_records = stack_reader.s3_records("tap", "ocsf-tap") + stack_reader.s3_records("casb", "ocsf-casb")
     expected = Counter(class_name(e["class_uid"]) for r in raw_records for e in normalize(r))
     assert {"email_activity", "web_resources_activity", "detection_finding"} <= set(expected)
 
@@ -106,7 +109,8 @@ def test_raw_objects_of_a_collection_run_become_security_lake_parquet_once(
     assert _lake_objects(s3).keys() == written.keys()
 
     # A raw object that cannot be converted: returned for redelivery and listed, until it converts.
-    broken = raw_keys[0].replace(".json.gz", "_broken.json.gz")
+    broken = re.sub(r"_\d{4}\.json\.gz$", "_0099.json.gz", raw_keys[0])  # another part of the same batch
+    assert is_archive_object(broken) and broken not in raw_keys
     s3.put_object(Bucket=raw_bucket, Key=broken, Body=gzip.compress(b'{"id": "x", "source": "proofpoint_tap"\n'))
     result = writer.handle_sqs(_object_created(raw_bucket, [raw_keys[0], broken]))
     assert result == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
@@ -151,9 +155,9 @@ def test_the_stack_routes_archive_objects_only_to_the_writer():
         return matcher.matches_event({"source": "aws.s3", "detail-type": "Object Created",
                                       "detail": {"bucket": {"name": bucket}, "object": {"key": key}}})
 
-    archive_key = "proofpoint/source=tap/instance=a/event_type=all/dt=2025-11-20/hour=12/w_0000.json.gz"
+    archive_key = partition_prefix("proofpoint_tap", "a", "all", "2025-11-20T12") + "w_0000.json.gz"
     assert matches(archive_key)
-    assert not matches("proofpoint/oversize/tap/a/x.json")
+    assert not matches("proofpoint/oversize/source=tap/a/x.json")
     assert not matches(archive_key, bucket="another-bucket")
 
 

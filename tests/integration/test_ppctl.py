@@ -286,13 +286,14 @@ def test_the_iam_policy_and_readme_cover_every_api_each_command_calls(deployed_s
     run("backfill", "backfill", "iam-tap", "--since", since)
     run("logs", "logs", "iam-tap")
     # An archived event of the instance, for ppctl ocsf sample (as the poller would have written it).
+    from ppcollector.sinks import partition_prefix
     from tests.ocsf_samples import collector_record, fixture_records
 
     sample = next(r for r in fixture_records() if r["source"] == "proofpoint_tap")
     line = json.dumps(collector_record("proofpoint_tap", sample["event_type"], sample["raw"], instance="iam-tap"))
     boto3.client("s3").put_object(
         Bucket=deployed_stack["RawBucketName"], Body=gzip.compress(line.encode() + b"\n"),
-        Key="proofpoint/source=tap/instance=iam-tap/event_type=all/dt=2025-11-20/hour=12/w_0000.json.gz")
+        Key=partition_prefix("proofpoint_tap", "iam-tap", "all", "2025-11-20T12") + "w_0000.json.gz")
     run("ocsf sample", "ocsf", "sample", "iam-tap")
     run("ocsf status", "ocsf", "status")
     run("local env-vars", "local", "env-vars", "--out", str(tmp_path / "env.json"))

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ppcollector.kvstore import MemoryKV
+from ppcollector.sinks import partition_prefix
 from ppocsf.lake import ConversionError, archive_lines, convert, local_put
 from ppocsf.normalize import normalize
 from ppocsf.schema import class_name
@@ -21,9 +22,9 @@ from ppocsf.status import failed_objects
 from ppocsf.writer import LakeWriter, ProviderRoleClients, WriterConfig
 from tests.ocsf_samples import fixture_records, simulator_records
 
-RAW_KEY = "proofpoint/source=tap/instance=acme/event_type=all/dt=2025-11-20/hour=12/a_b_0000.json.gz"
+RAW_KEY = partition_prefix("proofpoint_tap", "acme", "all", "2025-11-20T12") + "a_b_0000.json.gz"
 LAYOUT = re.compile(r"^ext/(pp_[a-z_]+)/region=eu-west-1/accountId=111122223333/eventDay=(\d{8})/"
-                    r"[0-9a-f]{16}_a_b_0000_(\d{4})_(\d{4})\.zstd\.parquet$")
+                    r"[0-9a-f]{16}_acme\.a_b_0000_(\d{4})_(\d{4})\.zstd\.parquet$")
 RECORDS = fixture_records() + list(simulator_records(hours=0.5))
 
 
