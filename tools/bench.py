@@ -4,7 +4,7 @@ Prints one table (measured figure as median [min-max] over the runs, target, rat
 exits non-zero when a measured target is missed. A benchmark that cannot be measured yet is shown
 as PENDING: it is not counted as a pass, and does not fail the run.
 
-    python tools/bench.py [--runs 3] [--only tap,coldstart,cost,budget,pod,query] [--json FILE]
+    python tools/bench.py [--runs 3] [--only tap,coldstart,cost,budget,pod,query,ocsf] [--json FILE]
 
 See README.md, "Performance", for what each row measures and how.
 """
@@ -240,6 +240,35 @@ def bench_pod(runs: int) -> tuple[list[Row], dict[str, Any]]:
     return rows, data
 
 
+# --- OCSF ------------------------------------------------------------------------------------------------
+
+def bench_ocsf(runs: int) -> tuple[list[Row], dict[str, Any]]:
+    import bench_ocsf
+
+    data = bench_ocsf.run(runs, SMALL_HOUR, BIG_HOUR, log)
+    big = [r[str(BIG_HOUR)] for r in data["runs"]]
+    small = [r[str(SMALL_HOUR)] for r in data["runs"]]
+    rate = [r["events"] / r["cpu_seconds"] for r in big]
+    rows_rate = [r["rows"] / r["cpu_seconds"] for r in big]
+    growth = [b["peak_rss_mb"] / s["peak_rss_mb"] for b, s in zip(big, small, strict=True)]
+    events = big[0]["events"]
+    rows = [
+        Row(f"OCSF: normalisation + validation + zstd Parquet, {events:,}-event TAP hour "
+            f"({data['parts'][str(BIG_HOUR)]} raw objects), one core",
+            f"{spread(rate, '{:,.0f}')} events per CPU-second ({spread(rows_rate, '{:,.0f}')} OCSF rows/s; "
+            f"{big[0]['rows']:,} rows)", "reported", "-", INFO),
+        Row(f"OCSF memory: writer peak RSS, {events:,}-event hour / {small[0]['events']:,}-event hour",
+            f"{spread([r['peak_rss_mb'] for r in big])} MB / {spread([r['peak_rss_mb'] for r in small])} MB "
+            f"= {spread(growth, '{:.3f}')}", "<= 1.10 (flat)", f"{statistics.median(growth) / 1.10:.2f}",
+            PASS if statistics.median(growth) <= 1.10 else FAIL),
+        Row("OCSF files: Parquet objects of the 200k hour (one per raw object, class and eventDay)",
+            f"{big[0]['files']} files, largest {big[0]['max_file_bytes'] / 1e6:.1f} MB, "
+            f"total {big[0]['total_bytes'] / 1e6:.1f} MB", "each <= 256 MB (row group limit)",
+            f"{big[0]['max_file_bytes'] / 256e6:.2f}", PASS if big[0]["max_file_bytes"] <= 256e6 else FAIL),
+    ]
+    return rows, data
+
+
 # --- main ------------------------------------------------------------------------------------------------
 
 QUERY_TARGET_SECONDS = 30  # an analyst's interactive wait for a day of a mid-size tenant
@@ -291,8 +320,8 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per timed benchmark (median, min, max)")
-    parser.add_argument("--only", default="tap,coldstart,cost,budget,pod,query",
-                        help="comma-separated subset of: tap, coldstart, cost, budget, pod, query")
+    parser.add_argument("--only", default="tap,coldstart,cost,budget,pod,query,ocsf",
+                        help="comma-separated subset of: tap, coldstart, cost, budget, pod, query, ocsf")
     parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "results.json", help="where to save the data")
     args = parser.parse_args(argv)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -304,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     tap_data = None
     steps = [("tap", lambda: bench_tap(args.runs)), ("coldstart", lambda: bench_coldstart(args.runs)),
              ("cost", lambda: bench_cost(tap_data)), ("budget", lambda: bench_budget(tap_data)),
-             ("pod", lambda: bench_pod(args.runs)), ("query", lambda: bench_query(args.runs))]
+             ("pod", lambda: bench_pod(args.runs)), ("query", lambda: bench_query(args.runs)),
+             ("ocsf", lambda: bench_ocsf(args.runs))]
     for name, step in steps:
         if name not in wanted:
             continue

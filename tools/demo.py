@@ -2,7 +2,7 @@
 
 A local AWS emulator (moto server) and the Proofpoint simulator on 127.0.0.1, `ppctl local deploy`,
 demo instances added with `ppctl instance add`, the pollers invoked on their schedule for a few cycles,
-then `ppctl status` and what landed in S3 and Kinesis.
+then `ppctl status`, what landed in S3 and Kinesis, and the archive as OCSF Parquet rows per class.
 """
 
 from __future__ import annotations
@@ -72,6 +72,20 @@ def landed(outputs: dict[str, str]) -> tuple[dict[str, tuple[int, int]], int]:
                 break
             iterator = page.get("NextShardIterator")
     return per_source, stream_records
+
+
+def show_ocsf(outputs: dict[str, str]) -> bool:
+    """What landed, as OCSF 1.1.0 Parquet in Security Lake's layout under .demo/securitylake/."""
+    import boto3
+
+    from ppocsf.local import convert_archive
+
+    root = ROOT / ".demo" / "securitylake"
+    say(f"OCSF 1.1.0: the archive converted to Security Lake Parquet ({root.relative_to(ROOT)}/ext/...)")
+    rows = convert_archive(boto3.client("s3"), outputs["RawBucketName"], root, region="us-east-1")
+    for class_name, count in sorted(rows.items()):
+        print(f"  {class_name}: {count} rows")
+    return bool(rows)
 
 
 def start_streamer(outputs: dict[str, str]) -> subprocess.Popen:
@@ -167,6 +181,7 @@ def main() -> int:
                 result = ppctl("query", query, "--since", "2h", "--cache-dir", cache, quiet=True)
                 lines = result.stdout.splitlines()
                 print("\n".join(lines[:13]) + (f"\n  ... {len(lines) - 13} more rows" if len(lines) > 13 else ""))
+        ok = show_ocsf(outputs) and ok
         print("\ndemo finished: " + ("events flowed into S3 and Kinesis" if ok else "NO DATA LANDED"))
         return 0 if ok else 1
     finally:

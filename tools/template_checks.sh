@@ -61,6 +61,13 @@ check "layer has ijson's arm64 cp314 C backend" \
 check "layer has aws_lambda_powertools and requests" \
     test -f "$layer/aws_lambda_powertools/__init__.py" -a -f "$layer/requests/__init__.py"
 check "function artifact has app.py" test -f "$work/build/TapPollerFunction/app.py"
+ocsf="$work/build/OcsfLayer/python"
+check "OCSF layer has ppocsf, its schema file and pyarrow's arm64 cp314 build" \
+    bash -c 'test -f "$1/ppocsf/ocsf_1_1_0.json" && compgen -G "$1/pyarrow/lib.cpython-314-aarch64-linux-gnu.so"' _ "$ocsf"
+check "SharedLayer has neither ppocsf nor pyarrow" bash -c '! test -e "$1/ppocsf" -o -e "$1/pyarrow"' _ "$layer"
+# The writer's deployed size, unzipped (Lambda: 250 MB for the function and all its layers).
+printf '      sizes (unzipped): SharedLayer %s, OcsfLayer %s\n' \
+    "$(du -sh "$layer" | cut -f1)" "$(du -sh "$ocsf" | cut -f1)"
 
 # Every distribution the build put into the layer has the version shared/constraints.txt pins
 # (without -c, pip took the newest certifi and charset-normalizer on the day of the build).

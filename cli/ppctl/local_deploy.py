@@ -79,6 +79,7 @@ EMULATOR_UNSUPPORTED_TYPES = frozenset(
         "AWS::Glue::Table",
         "AWS::Athena::WorkGroup",  # Athena runs no SQL in the emulator; ppctl query uses DuckDB locally
         "AWS::Athena::NamedQuery",  # the hunting queries: ppctl query reads the same SQL from its package
+        "AWS::SQS::QueuePolicy",  # EventBridge's permission to feed the OCSF writer's queue (writer off locally)
     }
 )
 # Resource types moto 5.2.5's CloudFormation creates but cannot update: an update that changes

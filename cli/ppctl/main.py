@@ -893,10 +893,11 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--template", default=str(PROJECT_ROOT / "template.yaml"), help=template_help)
     env.set_defaults(func=cmd_local_env_vars)
 
-    from . import query_cmd, replay  # analytics: query and replay
+    from . import ocsf_cmd, query_cmd, replay  # analytics: query and replay; OCSF: sample and status
 
     query_cmd.register(sub, common)
     replay.register(sub, common)
+    ocsf_cmd.register(sub, command, load_stack, CliError, emit)
     return parser
 
 

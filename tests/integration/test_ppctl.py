@@ -3,6 +3,7 @@ instance, the `sam local invoke` env-vars file, and the AWS permissions each com
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import uuid
@@ -207,6 +208,14 @@ def test_local_env_vars_gives_each_function_the_stacks_resources_and_no_secret(d
 
 # --- the permissions each command needs ----------------------------------------------------------------
 
+# API operations authorised by an IAM action of another name.
+IAM_ACTION_OF = {"s3:ListObjectsV2": "s3:ListBucket"}
+
+
+def _iam_action(operation: str) -> str:
+    return IAM_ACTION_OF.get(operation, operation)
+
+
 def _record_calls(monkeypatch) -> list[str]:
     """Every AWS API call ppctl makes, as the IAM action it needs."""
     calls: list[str] = []
@@ -214,8 +223,8 @@ def _record_calls(monkeypatch) -> list[str]:
 
     def recording_session(region):
         session = real_session(region)
-        session.events.register("before-call", lambda model, **_: calls.append(
-            f"{model.service_model.signing_name}:{model.name}"))
+        session.events.register("before-call", lambda model, **_: calls.append(_iam_action(
+            f"{model.service_model.signing_name}:{model.name}")))
         return session
 
     monkeypatch.setattr(cli, "aws_session", recording_session)
@@ -276,6 +285,17 @@ def test_the_iam_policy_and_readme_cover_every_api_each_command_calls(deployed_s
     since = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
     run("backfill", "backfill", "iam-tap", "--since", since)
     run("logs", "logs", "iam-tap")
+    # An archived event of the instance, for ppctl ocsf sample (as the poller would have written it).
+    from ppcollector.sinks import partition_prefix
+    from tests.ocsf_samples import collector_record, fixture_records
+
+    sample = next(r for r in fixture_records() if r["source"] == "proofpoint_tap")
+    line = json.dumps(collector_record("proofpoint_tap", sample["event_type"], sample["raw"], instance="iam-tap"))
+    boto3.client("s3").put_object(
+        Bucket=deployed_stack["RawBucketName"], Body=gzip.compress(line.encode() + b"\n"),
+        Key=partition_prefix("proofpoint_tap", "iam-tap", "all", "2025-11-20T12") + "w_0000.json.gz")
+    run("ocsf sample", "ocsf", "sample", "iam-tap")
+    run("ocsf status", "ocsf", "status")
     run("local env-vars", "local", "env-vars", "--out", str(tmp_path / "env.json"))
     run("instance remove", "instance", "remove", "iam-tap")
     # The same name again, over a secret left behind (a redeployed stack), then with --reuse-secret.

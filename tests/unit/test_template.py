@@ -114,6 +114,9 @@ JUSTIFIED_WILDCARDS = {
 }
 
 
+SECURITY_LAKE_PROVIDER_ROLES = {"Fn::Join": ["pp_*", {"Fn::Split": ["{source}", {"Ref": "SecurityLakeRoleArn"}]}]}
+
+
 def _checked_statements(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for logical_id, resource in template["Resources"].items():
         for statement in _statements(resource):
@@ -145,7 +148,10 @@ def test_resource_star_only_for_unscopable_actions(template):
             continue
         assert "NotResource" not in statement, statement
         if _as_list(statement["Action"]) == ["sts:AssumeRole"]:
-            assert "Principal" in statement and "Resource" not in statement  # a trust policy
+            if "Principal" in statement:
+                assert "Resource" not in statement  # a trust policy
+            else:  # the OCSF writer: Security Lake's provider roles of this project's sources only
+                assert statement["Resource"] == SECURITY_LAKE_PROVIDER_ROLES, statement
             continue
         if "*" in _as_list(statement["Resource"]):
             assert set(_as_list(statement["Action"])) <= UNSCOPABLE_ACTIONS, statement
@@ -381,7 +387,8 @@ def test_athena_projects_exactly_the_event_types_a_connector_writes(resources, c
 def test_every_function_is_a_connectors(resources):
     """ppctl finds a function (local invoke) and its log group (logs) through its connector's descriptor."""
     functions = {k for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
-    assert functions == {c.function for c in CONNECTORS if c.function}
+    # The OCSF writer is no connector's: it converts what they all archive (ppctl ocsf status reads its output).
+    assert functions == {c.function for c in CONNECTORS if c.function} | {"OcsfWriterFunction"}
 
 
 # --- observability (issue: operations) ------------------------------------------------------------
@@ -738,3 +745,21 @@ def test_dashboards_show_pod_series_and_status(resources):
     assert '["...", "pod", ".", "."]' in flow  # worst lag per connector
     assert "connector,instance,service,type" in flow and "SecondsSinceLastMessage" in flow
     assert "PodHeartbeat" in why and "Reconnects" in why
+
+
+def test_ocsf_writer_reads_only_the_archive_and_writes_only_through_the_provider_roles(template):
+    writer = template["Resources"]["OcsfWriterFunction"]
+    assert writer["Condition"] == "EnableSecurityLake"
+    by_sid = {s["Sid"]: s for s in _statements(writer["Properties"]["Policies"])}
+    assert set(by_sid) == {"RawArchiveRead", "AssumeSecurityLakeProviderRoles", "StateTableOcsfStatus",
+                           "OwnMetricsOnly"}
+    assert by_sid["RawArchiveRead"] == {"Sid": "RawArchiveRead", "Effect": "Allow", "Action": "s3:GetObject",
+                                        "Resource": {"Fn::Sub": "${RawBucket.Arn}/proofpoint/source=*"}}
+    assert by_sid["AssumeSecurityLakeProviderRoles"]["Resource"] == SECURITY_LAKE_PROVIDER_ROLES
+    assert by_sid["StateTableOcsfStatus"]["Condition"] == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["ocsf"]}}
+    # Off by default: every OCSF resource hangs on the condition, which needs both parameters.
+    ocsf = [lid for lid in template["Resources"] if lid.startswith("Ocsf")]
+    assert len(ocsf) >= 8 and all(template["Resources"][lid]["Condition"] == "EnableSecurityLake" for lid in ocsf)
+    assert template["Parameters"]["SecurityLakeBucket"]["Default"] == ""
+    assert template["Parameters"]["SecurityLakeRoleArn"]["Default"] == ""
