@@ -52,8 +52,17 @@ class VersionConflict(CollectorError):
     """A conditional write lost to a concurrent writer."""
 
 
+class CheckFailed(VersionConflict):
+    """The item a conditional write also checked (``also_check``: the writer's lease) has another version."""
+
+
 class CursorConflict(CollectorError):
     """Another invocation advanced the cursor first; this one exits cleanly without writing it."""
+
+
+class LeaseLost(CursorConflict):
+    """Fencing: the lease this holder's cursor write checks was taken over (it was frozen past its
+    expiry); the write is refused and the holder stops without writing anything more."""
 
 
 class LeaseHeld(CollectorError):

@@ -3,8 +3,10 @@
 Everything the spine keeps (registry, cursors, leases, status, rate budgets) is a JSON document under
 ``(pk, sk)`` with a ``version`` that increments on every write. A write names the version it read
 (``expected_version``; 0 means "must not exist"), so two writers never both win: the loser gets
-``VersionConflict``. ``DynamoKV`` is the real adapter; ``MemoryKV`` is the honest in-memory fake the
-unit tests use.
+``VersionConflict``. A write may also name another item whose version must be unchanged
+(``also_check``, checked and written atomically): a cursor write checks its writer's lease, so a holder
+whose lease was taken over cannot write (fencing; ``CheckFailed``). ``DynamoKV`` is the real adapter;
+``MemoryKV`` is the honest in-memory fake the unit tests use.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import VersionConflict
+from .errors import CheckFailed, VersionConflict
 from .timeutil import format_rfc3339, utcnow
 
 
@@ -26,10 +28,20 @@ class Item:
     version: int
 
 
+@dataclass(frozen=True)
+class Check:
+    """Another item that must still be at ``version`` for a write to happen (and is left unchanged)."""
+
+    pk: str
+    sk: str
+    version: int
+
+
 class KeyValueStore(Protocol):
     def get(self, pk: str, sk: str) -> Item | None: ...
 
-    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None) -> Item: ...
+    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None,
+            also_check: Check | None = None) -> Item: ...
 
     def delete(self, pk: str, sk: str) -> None: ...
 
@@ -50,8 +62,15 @@ class MemoryKV:
             item = self._items.get((pk, sk))
             return Item(item.pk, item.sk, json.loads(json.dumps(item.data)), item.version) if item else None
 
-    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None) -> Item:
+    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None,
+            also_check: Check | None = None) -> Item:
         with self._lock:
+            if also_check is not None:
+                checked = self._items.get((also_check.pk, also_check.sk))
+                found = checked.version if checked else 0
+                if found != also_check.version:
+                    raise CheckFailed(f"{also_check.pk}/{also_check.sk}: expected version {also_check.version}, "
+                                      f"found {found}")
             current = self._items.get((pk, sk))
             current_version = current.version if current else 0
             if expected_version is not None and expected_version != current_version:
@@ -87,7 +106,8 @@ class DynamoKV:
         raw = response.get("Item")
         return self._to_item(raw) if raw else None
 
-    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None) -> Item:
+    def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None,
+            also_check: Check | None = None) -> Item:
         new_version = (expected_version or 0) + 1
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
@@ -99,6 +119,8 @@ class DynamoKV:
             },
         }
         if expected_version is None:
+            if also_check is not None:
+                raise ValueError("also_check needs an expected version")
             # Unconditional writes still increment: read the version inside one conditional retry loop.
             return self._put_unconditional(pk, sk, data, kwargs)
         if expected_version == 0:
@@ -108,11 +130,34 @@ class DynamoKV:
             kwargs["ExpressionAttributeNames"] = {"#v": "version"}
             kwargs["ExpressionAttributeValues"] = {":expected": {"N": str(expected_version)}}
         kwargs["Item"]["version"] = {"N": str(new_version)}
+        if also_check is not None:
+            self._transact_put(kwargs, also_check, f"{pk}/{sk}: expected version {expected_version}")
+            return Item(pk, sk, data, new_version)
         try:
             self._client.put_item(**kwargs)
         except self._client.exceptions.ConditionalCheckFailedException as exc:
             raise VersionConflict(f"{pk}/{sk}: expected version {expected_version}") from exc
         return Item(pk, sk, data, new_version)
+
+    def _transact_put(self, put: dict[str, Any], check: Check, conflict: str) -> None:
+        """The put and a condition on another item, all or nothing (TransactWriteItems)."""
+        condition = {
+            "TableName": self.table_name,
+            "Key": {"pk": {"S": check.pk}, "sk": {"S": check.sk}},
+            "ConditionExpression": "#v = :expected",
+            "ExpressionAttributeNames": {"#v": "version"},
+            "ExpressionAttributeValues": {":expected": {"N": str(check.version)}},
+        }
+        try:
+            self._client.transact_write_items(TransactItems=[{"ConditionCheck": condition}, {"Put": put}])
+        except self._client.exceptions.TransactionCanceledException as exc:
+            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                raise CheckFailed(f"{check.pk}/{check.sk}: expected version {check.version}") from exc
+            if "ConditionalCheckFailed" in codes or "TransactionConflict" in codes:
+                # The put's own condition, or a concurrent write to one of the items: the loser stops.
+                raise VersionConflict(conflict) from exc
+            raise
 
     def _put_unconditional(self, pk: str, sk: str, data: dict[str, Any], kwargs: dict[str, Any]) -> Item:
         for _ in range(10):

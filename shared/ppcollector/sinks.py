@@ -33,6 +33,7 @@ from .crashpoints import crashpoint
 from .descriptor import source_partition
 from .errors import SinkError
 from .records import OutRecord
+from .timeutil import parse_timestamp
 
 GZIP_LEVEL = 6
 GZIP_WRITE_BYTES = 256 * 1024  # lines are handed to the compressor in blocks (one call per line cost 2x)
@@ -189,6 +190,14 @@ class _Part:
         self.file.close()
 
 
+def object_keys(batch: BatchInfo, records: list[OutRecord]) -> list[str]:
+    """The S3 objects a batch of records writes when each (event type, received hour) group stays under
+    one part (a PoD flush): what a pending marker names, so a recovery can read them back."""
+    groups = {(r.event_type, r.received_time.strftime("%Y-%m-%dT%H")) for r in records}
+    return sorted(f"{partition_prefix(batch.source, batch.instance, event_type, hour)}{batch.name}_0000.json.gz"
+                  for event_type, hour in groups)
+
+
 class S3Sink:
     name = "s3"
 
@@ -199,6 +208,26 @@ class S3Sink:
 
     def open_batch(self, batch: BatchInfo) -> _S3Batch:
         return _S3Batch(self, batch)
+
+    def read_back(self, keys: list[str]) -> tuple[list[OutRecord], list[str]]:
+        """The records of the objects that exist among ``keys``, exactly as written, and the missing keys."""
+        found: list[OutRecord] = []
+        missing: list[str] = []
+        for key in keys:
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                if code in ("NoSuchKey", "404", "NotFound"):
+                    missing.append(key)
+                    continue
+                raise
+            for line in gzip.decompress(body).splitlines():
+                if line.strip():
+                    data = json.loads(line)
+                    found.append(OutRecord(data["id"], data["source"], data["instance"], data["event_type"],
+                                           parse_timestamp(data["received_time"]), line))
+        return found, missing
 
 
 class _S3Batch:
@@ -376,8 +405,12 @@ class SinkSet:
     def names(self) -> list[str]:
         return [sink.name for sink in self.sinks]
 
-    def open_batch(self, batch: BatchInfo) -> _MultiBatch:
-        return _MultiBatch([(sink.name, sink.open_batch(batch)) for sink in self.sinks])
+    def open_batch(self, batch: BatchInfo, skip: tuple[str, ...] = ()) -> _MultiBatch:
+        """``skip``: sinks that already hold the batch (a recovered PoD flush found in S3)."""
+        return _MultiBatch([(sink.name, sink.open_batch(batch)) for sink in self.sinks if sink.name not in skip])
+
+    def sink(self, name: str) -> Sink | None:
+        return next((sink for sink in self.sinks if sink.name == name), None)
 
 
 _NO_ID = bytes(16)

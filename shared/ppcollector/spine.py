@@ -1,15 +1,18 @@
 """The spine every connector runs on: due instances, leases, status, metrics, error classes.
 
-A connector (``connectors/*.py``) knows its vendor: how to authenticate and how to ask for the next
-window or page. ``poll_instance`` knows the rest, in this order: is it due, take the lease, read the
-credentials, let the connector pull -> write -> checkpoint, record the status, release the lease.
+A connector (``connectors/*/``) knows its vendor: how to authenticate, how to ask for the next window
+or page, and how to turn it into a unit of delivery (``delivery.Unit``). ``poll_instance`` knows the
+rest, in this order: is it due, take the lease (its ``Fence``), read the credentials, run every live
+stream and then every operator backfill (``collect``), pulling units from the connector and handing
+each to ``delivery.deliver`` (marker -> sinks -> fenced cursor write), record the status, release the
+lease.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -18,26 +21,31 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .budget import RateBudget
 from .crashpoints import AFTER_LEASE, crashpoint
+from .delivery import Delivered, Unit, deliver
 from .descriptor import ConnectorDescriptor
 from .errors import (
     CollectorError,
     CursorConflict,
     LeaseHeld,
+    LeaseLost,
     SettingsError,
     SinkError,
     VendorAccessError,
     VendorAuthError,
     VendorError,
+    VendorRequestError,
+    VendorTransientError,
 )
 from .http import ENDPOINT_LOG_KEYS, VendorHosts, endpoint_log_keys
 from .observability import COUNT, SECONDS, emit_metrics, logger
 from .secrets import Credentials, SecretStore
 from .sinks import SinkSet
-from .state import ACTIVE, DEGRADED, DISABLED, FAILED, MAX_GAPS_KEPT, PENDING, Instance, StateStore
+from .state import ACTIVE, DEGRADED, DISABLED, FAILED, MAX_GAPS_KEPT, PENDING, Cursor, Fence, Instance, StateStore
 from .timeutil import format_duration, format_rfc3339, parse_duration, parse_timestamp, utcnow
 
 FAILED_RETRY = timedelta(minutes=30)  # a rejected credential is retried slowly, not every minute
 LEASE_MARGIN = timedelta(seconds=60)
+BACKFILL_PREFIX = "backfill-"  # an operator's backfill of stream S runs on the cursor "backfill-S"
 
 
 class Deadline:
@@ -102,6 +110,19 @@ class PollContext:
     deps: Deps
     deadline: Deadline
     report: PollReport
+    fence: Fence  # the poll's lease: every cursor write checks it
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """An operator's backfill range (``ppctl backfill``): collect ``[since, until]`` again."""
+
+    since: datetime
+    until: datetime
+
+
+# What a connector's ``run`` is: it yields units; the spine delivers each and sends back what was delivered.
+Units = Generator[Unit, Delivered, None]
 
 
 @runtime_checkable
@@ -121,7 +142,14 @@ class Connector(Protocol):
         """One cheap call with these credentials (``ppctl validate``): what Proofpoint answered."""
         ...
 
-    def poll(self, ctx: PollContext) -> None: ...
+    def streams(self, instance: Instance) -> list[str]:
+        """The instance's live streams (one cursor each), in the order a poll runs them."""
+        ...
+
+    def run(self, ctx: PollContext, stream: str, cursor: Cursor, bounds: Bounds | None) -> Units:
+        """Units from ``cursor`` on (the live cursor, or with ``bounds`` a backfill's), while time, budget
+        and data allow. Each ``yield unit`` returns the ``Delivered`` result (the new cursor)."""
+        ...
 
     def expected_lag(self, instance: Instance, deps: Deps) -> timedelta:
         """How far behind now the cursor trails when all is well (TAP's settle lag): added to the lag
@@ -177,7 +205,8 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
 
     owner = f"{connector.name}-{uuid.uuid4().hex[:12]}"
     try:
-        deps.state.acquire_lease(name, owner, now, timedelta(seconds=max(deadline.remaining(), 1)) + LEASE_MARGIN)
+        fence = deps.state.acquire_lease(name, owner, now,
+                                         timedelta(seconds=max(deadline.remaining(), 1)) + LEASE_MARGIN)
     except LeaseHeld as held:
         # Overlapping invocations (EventBridge/Lambda may deliver twice): the loser exits cleanly.
         logger.info("instance is being polled by another invocation; skipping", extra={"detail": str(held)})
@@ -199,9 +228,13 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         # state table must not be able to point the poller at another endpoint (http.py).
         instance.settings = connector.validate_settings(instance.settings)
         credentials = deps.secrets.get(instance.secret_id)
-        connector.poll(PollContext(instance, credentials, deps, deadline, report))
+        collect(connector, PollContext(instance, credentials, deps, deadline, report, fence))
     except CursorConflict as conflict:
-        logger.info("cursor advanced by another invocation; stopping cleanly", extra={"detail": str(conflict)})
+        if isinstance(conflict, LeaseLost):
+            logger.warning("the lease was taken over by another invocation (this one was frozen past it); "
+                           "stopping without writing", extra={"detail": str(conflict)})
+        else:
+            logger.info("cursor advanced by another invocation; stopping cleanly", extra={"detail": str(conflict)})
         outcome.state = deps.state.get_status(name).get("state", PENDING)
     except (VendorAuthError, VendorAccessError, SettingsError) as exc:
         _fail(deps, instance, outcome, FAILED, exc, backoff=FAILED_RETRY)
@@ -226,6 +259,69 @@ def poll_instance(connector: Connector, instance: Instance, deps: Deps, deadline
         _emit_poll_metrics(connector, instance, deps, report, outcome, time.monotonic() - started)
     outcome.events = report.events
     return outcome
+
+
+def collect(connector: Connector, ctx: PollContext) -> None:
+    """Every live stream, then every operator backfill still to run, paced as catch-up (a run with bounds
+    spends only the budget's catch-up share). One stream's failed read does not starve the others; the
+    poll still fails at the end with the first error. Backfill cursors never set the collection lag."""
+    name, state, report = ctx.instance.name, ctx.deps.state, ctx.report
+    streams = connector.streams(ctx.instance)
+    first_error: VendorError | None = None
+    for stream in streams:
+        try:
+            cursor = run_stream(connector, ctx, stream, state.get_cursor(name, stream), None)
+        except (VendorTransientError, VendorRequestError) as exc:
+            logger.warning(f"{connector.name}: {stream} failed: {exc}", extra={"stream": stream})
+            first_error = first_error or exc
+            continue
+        if cursor.moment:
+            report.oldest_cursor = min(filter(None, [report.oldest_cursor, cursor.moment]))
+    for stream in streams:
+        cursor = state.get_cursor(name, BACKFILL_PREFIX + stream)
+        bounds = backfill_bounds(cursor)
+        if bounds is None:
+            continue
+        try:
+            cursor = run_stream(connector, ctx, stream, cursor, bounds)
+        except (VendorTransientError, VendorRequestError) as exc:
+            logger.warning(f"{connector.name}: {stream} backfill failed: {exc}", extra={"stream": cursor.stream})
+            first_error = first_error or exc
+            continue
+        if cursor.data.get("done"):
+            logger.info(f"{connector.name}: backfill complete", extra={
+                "stream": cursor.stream, "since": format_rfc3339(bounds.since), "until": format_rfc3339(bounds.until)})
+    if first_error is not None:
+        raise first_error
+
+
+def backfill_bounds(cursor: Cursor) -> Bounds | None:
+    """The range of a backfill cursor still to run (``start_backfill`` sets ``until``; ``since`` or the
+    position where it started), or None."""
+    if cursor.moment is None or not cursor.data.get("until") or cursor.data.get("done"):
+        return None
+    return Bounds(parse_timestamp(cursor.data.get("since") or cursor.position), parse_timestamp(cursor.data["until"]))
+
+
+def run_stream(connector: Connector, ctx: PollContext, stream: str, cursor: Cursor, bounds: Bounds | None) -> Cursor:
+    """Pull units from the connector and deliver each (``delivery.deliver``); returns the last cursor."""
+    units = connector.run(ctx, stream, cursor, bounds)
+    try:
+        unit = next(units, None)
+        while unit is not None:
+            delivered = deliver(ctx.deps, connector.source, ctx.instance.name, cursor, unit, ctx.fence)
+            cursor = delivered.cursor
+            if unit.batch is not None:
+                ctx.report.events += delivered.count
+                ctx.report.windows += 1
+                ctx.report.add_sink_stats(delivered.stats)
+            try:
+                unit = units.send(delivered)
+            except StopIteration:
+                unit = None
+    finally:
+        units.close()  # a failed delivery: the connector's cleanup (a spooled body) runs now
+    return cursor
 
 
 def _fail(deps: Deps, instance: Instance, outcome: Outcome, state: str, exc: BaseException, *,

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import CursorConflict, LeaseHeld, SettingsError, VersionConflict
-from .kvstore import Item, KeyValueStore
+from .errors import CheckFailed, CursorConflict, LeaseHeld, LeaseLost, SettingsError, VersionConflict
+from .kvstore import Check, Item, KeyValueStore
 from .timeutil import format_rfc3339, parse_timestamp
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -86,6 +86,21 @@ class Cursor:
         return parse_timestamp(self.position) if self.position else None
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A lease as its holder last wrote it: the version of ``inst#<instance>`` / ``<scope>``. Every
+    cursor write of the holder checks it in the same atomic write, so once another owner takes the lease
+    over (the holder was frozen past its expiry), the holder's writes are refused (``LeaseLost``)."""
+
+    instance: str
+    scope: str
+    version: int
+
+    @property
+    def check(self) -> Check:
+        return Check(f"inst#{self.instance}", self.scope, self.version)
+
+
 class StateStore:
     def __init__(self, kv: KeyValueStore) -> None:
         self.kv = kv
@@ -133,11 +148,18 @@ class StateStore:
             if item.sk.startswith("cursor#")
         ]
 
-    def advance_cursor(self, name: str, cursor: Cursor, position: str, **extra: Any) -> Cursor:
-        """Conditional write: only from the version this poll read. The loser exits cleanly."""
+    def advance_cursor(self, name: str, cursor: Cursor, position: str | None, fence: Fence | None = None,
+                       **extra: Any) -> Cursor:
+        """Conditional write: only from the version this poll read, and (``fence``) only while the writer's
+        lease is still the one it took. The loser exits cleanly. Connectors never call this: the spine's
+        ``delivery.deliver`` / ``delivery.checkpoint`` do."""
         data = {**cursor.data, **extra, "position": position}
         try:
-            item = self.kv.put(f"inst#{name}", f"cursor#{cursor.stream}", data, cursor.version)
+            item = self.kv.put(f"inst#{name}", f"cursor#{cursor.stream}", data, cursor.version,
+                               also_check=fence.check if fence else None)
+        except CheckFailed as exc:
+            raise LeaseLost(f"cursor {name}/{cursor.stream}: the {fence.scope if fence else 'lease'} of this "
+                            "holder was taken over; its write is refused") from exc
         except VersionConflict as exc:
             raise CursorConflict(f"cursor {name}/{cursor.stream} was advanced by another invocation") from exc
         return Cursor(cursor.stream, position, item.version, data)
@@ -148,8 +170,9 @@ class StateStore:
         self.kv.put(f"inst#{name}", f"cursor#{stream}", {**current.data, **extra, "position": position}, None)
 
     # --- leases ---------------------------------------------------------------------------------
-    def acquire_lease(self, name: str, owner: str, now: datetime, ttl: timedelta, scope: str = "lease") -> int:
-        """Take or renew the lease; raises LeaseHeld while another owner's lease is unexpired."""
+    def acquire_lease(self, name: str, owner: str, now: datetime, ttl: timedelta, scope: str = "lease") -> Fence:
+        """Take or renew the lease; raises LeaseHeld while another owner's lease is unexpired. Returns the
+        fence the holder's cursor writes check (a renewal returns a new one)."""
         item = self.kv.get(f"inst#{name}", scope)
         if item and item.data.get("owner") != owner:
             expires = item.data.get("expires_at")
@@ -157,7 +180,7 @@ class StateStore:
                 raise LeaseHeld(f"{name}: held by {item.data.get('owner')} until {expires}")
         data = {"owner": owner, "expires_at": format_rfc3339(now + ttl), "acquired_at": format_rfc3339(now)}
         try:
-            return self.kv.put(f"inst#{name}", scope, data, item.version if item else 0).version
+            return Fence(name, scope, self.kv.put(f"inst#{name}", scope, data, item.version if item else 0).version)
         except VersionConflict as exc:
             raise LeaseHeld(f"{name}: another owner took the lease first") from exc
 

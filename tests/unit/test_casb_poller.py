@@ -19,6 +19,7 @@ import pytest
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from ppcollector import delivery as delivery_module
 from ppcollector.budget import credential_key
 from ppcollector.connectors import casb as casb_module
 from ppcollector.connectors.casb import AlertWindow, CasbConnector, clear_token_cache, read_alert_window, to_ms
@@ -175,8 +176,9 @@ class Killed(BaseException):
 
 
 def kill_at(monkeypatch, point: str, after: int = 0) -> list[str]:
-    """The connector's ``crashpoint(point)`` kills the "process" the ``after + 1``-th time it is reached
-    (only then: the restarted process runs on). Returns the crashpoints reached."""
+    """``crashpoint(point)`` (in the connector, or in the spine's ``deliver``) kills the "process" the
+    ``after + 1``-th time it is reached (only then: the restarted process runs on). Returns the crashpoints
+    reached."""
     reached: list[str] = []
 
     def crashpoint(name: str) -> None:
@@ -185,6 +187,7 @@ def kill_at(monkeypatch, point: str, after: int = 0) -> list[str]:
             raise Killed(name)
 
     monkeypatch.setattr(casb_connector_module, "crashpoint", crashpoint)
+    monkeypatch.setattr(delivery_module, "crashpoint", crashpoint)
     return reached
 
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Generator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ...crashpoints import AFTER_FETCH, AFTER_SINK_COMMIT, crashpoint
+from ...crashpoints import AFTER_FETCH, crashpoint
+from ...delivery import Delivered, Unit, marker, pending_of
 from ...descriptor import ConnectorDescriptor, SecretField, SettingFlag
-from ...errors import SettingsError, VendorError, VendorRequestError, VendorThrottled, VendorTransientError
+from ...errors import SettingsError, VendorRequestError, VendorThrottled, VendorTransientError
 from ...http import allow_custom_endpoint
 from ...observability import logger
-from ...records import build_record, canonical_json, derive_id
+from ...records import OutRecord, build_record, canonical_json, derive_id
 from ...secrets import Credentials
 from ...settings import duration_setting
-from ...sinks import BatchInfo
-from ...spine import Deps, PollContext
+from ...spine import BACKFILL_PREFIX, Bounds, Deps, PollContext, Units
 from ...state import Cursor, Instance
 from ...timeutil import TimestampError, format_rfc3339, parse_duration, parse_timestamp
 from .alerts import (
@@ -38,11 +39,9 @@ from .settings import (
     _PREFIX,
     ALERTS_STREAM,
     AUTH_MODES,
-    BACKFILL_PREFIX,
     BUDGET_POOL,
     CALL_RESERVE_SECONDS,
     CASB_HOSTS,
-    EVENTS_STREAM,
     MAX_LOOKBACK,
     RECENT_EVENT_IDS,
     SETTING_NAMES,
@@ -219,7 +218,13 @@ class CasbConnector:
         return streams
 
     # --- polling ----------------------------------------------------------------------------------
-    def poll(self, ctx: PollContext) -> None:
+    def streams(self, instance: Instance) -> list[str]:
+        return list(instance.settings["feeds"])  # "alerts" and/or "events": one cursor each
+
+    def run(self, ctx: PollContext, stream: str, cursor: Cursor, bounds: Bounds | None) -> Units:
+        """One feed from its cursor (live, or a backfill's within ``bounds``). A budget refusal ends the run
+        cleanly: steady polling resumes at the next tick; a backfill waits for the next regular poll (only
+        calls leaving the 24 h window free the catch-up share, and every extra poll spends steady calls)."""
         settings = ctx.instance.settings
         self._require_secrets(settings, ctx.credentials)
         report = ctx.report
@@ -229,30 +234,22 @@ class CasbConnector:
 
         gate = CallGate(ctx.deps, budget_credential(settings), settings["daily_call_limit"], count_call)
         client = CasbClient(ctx.deps, ctx.instance.name, settings, ctx.credentials, gate, ctx.deadline.remaining)
-        first_error: VendorError | None = None
-        for feed in settings["feeds"]:
-            try:
-                cursor = self._poll_alerts(ctx, client) if feed == "alerts" else self._poll_events(ctx, client)
-            except (VendorTransientError, VendorRequestError) as exc:
-                # One feed's bad page must not starve the other; the poll still fails at the end.
-                logger.warning(f"casb: {feed} feed failed: {exc}", extra={"stream": feed})
-                first_error = first_error or exc
-                continue
-            except _OutOfCalls as exc:
-                self._held_back(ctx, feed, exc)
-                cursor = ctx.deps.state.get_cursor(ctx.instance.name, feed)
-            if cursor.moment:
-                report.oldest_cursor = min(filter(None, [report.oldest_cursor, cursor.moment]))
-        # An operator's backfill (ppctl backfill) runs after the live feeds, paced as catch-up. Its
-        # cursors are not live ones: they never set the collection lag (oldest_cursor).
-        for feed in settings["feeds"]:
-            try:
-                self._poll_backfill(ctx, client, feed)
-            except (VendorTransientError, VendorRequestError) as exc:
-                logger.warning(f"casb: {feed} backfill failed: {exc}", extra={"stream": BACKFILL_PREFIX + feed})
-                first_error = first_error or exc
-        if first_error is not None:
-            raise first_error
+        if cursor.moment is None:
+            start = ctx.deps.clock() - parse_duration(settings["initial_lookback"])
+            start = from_ms(to_ms(start))  # whole milliseconds: the alerts API's unit
+            cursor = (yield Unit(cursor.stream, position=format_rfc3339(start),
+                                 cursor_data={"initialised": True})).cursor
+        try:
+            if stream == ALERTS_STREAM:
+                yield from self._run_alerts(ctx, client, cursor, bounds)
+            else:
+                yield from self._run_events(ctx, client, cursor, bounds)
+        except _OutOfCalls as exc:
+            if bounds is not None:
+                logger.warning(f"casb: backfill held back: {exc.reason} (the rest of the budget is kept for steady "
+                               "polling); it continues at a later poll", extra={"stream": cursor.stream})
+            else:
+                self._held_back(ctx, stream, exc)
 
     @staticmethod
     def _held_back(ctx: PollContext, feed: str, exc: _OutOfCalls) -> None:
@@ -264,56 +261,18 @@ class CasbConnector:
     def _settle_lag(self, settings: dict[str, Any]) -> timedelta:
         return parse_duration(settings["settle_lag"])
 
-    def _initial_cursor(self, ctx: PollContext, stream: str) -> Cursor:
-        cursor = ctx.deps.state.get_cursor(ctx.instance.name, stream)
-        if cursor.moment is None:
-            start = ctx.deps.clock() - parse_duration(ctx.instance.settings["initial_lookback"])
-            start = from_ms(to_ms(start))  # whole milliseconds: the alerts API's unit
-            cursor = ctx.deps.state.advance_cursor(ctx.instance.name, cursor, format_rfc3339(start), initialised=True)
-        return cursor
-
     def _call_allowed(self, ctx: PollContext) -> None:
         if ctx.deadline.remaining() < CALL_RESERVE_SECONDS:
             raise _NoTimeLeft()
 
-    # --- backfill -----------------------------------------------------------------------------------
-    def _poll_backfill(self, ctx: PollContext, client: CasbClient, feed: str) -> None:
-        """Run the feed's backfill cursor, if one is pending, within the poll's time and the catch-up share.
-
-        A budget refusal is not a reason to poll again at the next tick (only calls leaving the 24 h
-        window free the catch-up share, and every extra poll spends steady calls): the backfill waits
-        for the next regular poll. Stopped by time or the page cap, it continues at the next tick.
-        """
-        stream = BACKFILL_PREFIX + feed
-        cursor = ctx.deps.state.get_cursor(ctx.instance.name, stream)
-        if cursor.moment is None or not cursor.data.get("until") or cursor.data.get("done"):
-            return
-        until = parse_timestamp(cursor.data["until"])
-        try:
-            if feed == "alerts":
-                cursor = self._run_alerts(ctx, client, cursor, to_ms(until))
-                if cursor.data.get("resume_to_ms") is None and to_ms(cursor.moment) >= to_ms(until):
-                    cursor = ctx.deps.state.advance_cursor(ctx.instance.name, cursor, cursor.position, done=True)
-            else:
-                since = parse_timestamp(cursor.data.get("since") or cursor.position)
-                cursor = self._run_events(ctx, client, cursor, (since, until))
-        except _OutOfCalls as exc:
-            logger.warning(f"casb: backfill held back: {exc.reason} (the rest of the budget is kept for steady "
-                           "polling); it continues at a later poll", extra={"stream": stream})
-            return
-        if cursor.data.get("done"):
-            logger.info("casb: backfill complete", extra={"stream": stream, "since": cursor.data.get("since"),
-                                                          "until": cursor.data.get("until")})
-
     # --- alerts ---------------------------------------------------------------------------------
-    def _poll_alerts(self, ctx: PollContext, client: CasbClient) -> Cursor:
-        return self._run_alerts(ctx, client, self._initial_cursor(ctx, ALERTS_STREAM))
-
-    def _run_alerts(self, ctx: PollContext, client: CasbClient, cursor: Cursor, until_ms: int | None = None) -> Cursor:
-        """Window after window from one cursor: the live one, or a backfill's (``until_ms`` set: every
-        call is catch-up and no window reaches past ``until_ms``)."""
+    def _run_alerts(self, ctx: PollContext, client: CasbClient, cursor: Cursor,
+                    bounds: Bounds | None) -> Generator[Unit, Delivered, Cursor]:
+        """Window after window from one cursor: the live one, or a backfill's (``bounds``: every call is
+        catch-up, no window reaches past ``until``, and the cursor is ``done`` once it is there)."""
         deps, settings = ctx.deps, ctx.instance.settings
-        backfill = until_ms is not None
+        until_ms = to_ms(bounds.until) if bounds is not None else None
+        backfill = bounds is not None
         pages_left = settings["max_pages_per_poll"]
         calls = 0
         # One "now" per poll: windows reach now - settle lag as it was when the poll began, so a caught-up
@@ -339,22 +298,25 @@ class CasbConnector:
             read = read_alert_window(fetch, window, settings["alerts_items_key"], settings["page_size"], pages_left)
             pages_left -= read.pages
             if read.pages:
-                cursor = self._deliver_alerts(ctx, window, read, cursor)
+                cursor = yield from self._alerts_unit(ctx, window, read, cursor)
             if read.held_back is not None:
                 raise read.held_back
             if not read.complete:
                 ctx.report.caught_up = False
                 break
+        if until_ms is not None and cursor.data.get("resume_to_ms") is None and to_ms(cursor.moment) >= until_ms:
+            cursor = (yield Unit(cursor.stream, cursor_data={"done": True})).cursor
         return cursor
 
-    def _deliver_alerts(self, ctx: PollContext, window: AlertWindow, read: WindowRead, cursor: Cursor) -> Cursor:
-        """pull -> mark -> write -> checkpoint: the window (or its certain newer part) was read; store the
-        pending marker, write, commit, then move the cursor and clear the marker in one conditional write.
+    def _alerts_unit(self, ctx: PollContext, window: AlertWindow, read: WindowRead,
+                     cursor: Cursor) -> Generator[Unit, Delivered, Cursor]:
+        """The window (or its certain newer part) was read: deliver it as one unit with a pending marker
+        (``deliver`` stores it before writing and clears it with the cursor write).
 
         A window already marked (a previous write whose cursor write never happened) is written under the
         marker's batch name and received_time, so it overwrites the same objects (module docstring).
         """
-        deps, instance, report = ctx.deps, ctx.instance, ctx.report
+        deps = ctx.deps
         stream = cursor.stream  # "alerts", or "backfill-alerts": part of the batch name, so never the same objects
         crashpoint(AFTER_FETCH)
         pending = _pending_window(cursor)
@@ -383,31 +345,26 @@ class CasbConnector:
             return cursor
         chosen = [(key, alert) for key, (alert, _) in read.alerts.items()
                   if not window.already_written(alert, key) and _at_or_after(alert, floor)]
+        mark = None
         if pending is not None:
             name, received = str(pending["batch"]), parse_timestamp(pending["fetched_at"])
         else:
             name = f"{stream}_{window.start_ms}_{window.end_ms}"
-            received = read.fetched_at or deps.clock()
+            fetched = read.fetched_at or deps.clock()
             if chosen:
-                cursor = deps.state.advance_cursor(instance.name, cursor, cursor.position, pending={
-                    "from": window.start_ms, "to": window.end_ms, "floor": floor,
-                    "fetched_at": format_rfc3339(received), "batch": name})
-                received = parse_timestamp(cursor.data["pending"]["fetched_at"])  # exactly what a retry reuses
-        stats = self._write(ctx, BatchInfo(SOURCE, instance.name, name), "alert",
-                            [(derive_id(SOURCE, "alert", _alert_identity(alert)), alert, _alert_time(alert), received)
-                             for _, alert in chosen])
-        crashpoint(AFTER_SINK_COMMIT)
+                mark = marker(name, fetched, **{"from": window.start_ms, "to": window.end_ms, "floor": floor})
+            received = parse_timestamp(format_rfc3339(fetched))  # exactly what a retry reuses
         position, extra_data = self._next_alert_cursor(window, read)
-        cursor = deps.state.advance_cursor(instance.name, cursor, position, **extra_data, pending=None)
-        report.events += len(chosen)
-        report.windows += 1
-        report.add_sink_stats(stats)
+        delivered = yield Unit(stream, batch=name, position=position, cursor_data=extra_data, pending=mark,
+                               records=self._records(ctx, "alert", (
+                                   (derive_id(SOURCE, "alert", _alert_identity(alert)), alert, _alert_time(alert))
+                                   for _, alert in chosen), received))
         extra = {**window_fields, "complete": read.complete, "batch": name, "received_time": format_rfc3339(received),
-                 **stats}
+                 **delivered.stats}
         if not read.complete:
             extra.update(stopped_by=read.stopped_by, resume_to=format_rfc3339(from_ms(floor)))
-        logger.info(f"casb: fetched {len(chosen)} events", extra=extra)
-        return cursor
+        logger.info(f"casb: fetched {delivered.count} events", extra=extra)
+        return delivered.cursor
 
     @staticmethod
     def _next_alert_cursor(window: AlertWindow, read: WindowRead) -> tuple[str, dict[str, Any]]:
@@ -432,16 +389,13 @@ class CasbConnector:
             "window_to_ms": final_end, "window_to_ids": final_ids}
 
     # --- activity events ------------------------------------------------------------------------
-    def _poll_events(self, ctx: PollContext, client: CasbClient) -> Cursor:
-        return self._run_events(ctx, client, self._initial_cursor(ctx, EVENTS_STREAM))
-
     def _run_events(self, ctx: PollContext, client: CasbClient, cursor: Cursor,
-                    bounds: tuple[datetime, datetime] | None = None) -> Cursor:
+                    bounds: Bounds | None) -> Generator[Unit, Delivered, Cursor]:
         """Page after page from the cursor's token while pages are not empty (see the tail rule in
-        ``_deliver_events_page``), within ``max_pages_per_poll``, the invocation's time and the budget.
+        ``_events_unit``), within ``max_pages_per_poll``, the invocation's time and the budget.
 
-        ``bounds`` (since, until) makes it a backfill chain: every call is catch-up, it starts from
-        ``startTime = since`` and ends (``done``) at the page that passes ``until`` or at an empty page.
+        ``bounds`` makes it a backfill chain: every call is catch-up, it starts from ``startTime = since``
+        and ends (``done``) at the page that passes ``until`` or at an empty page.
         """
         settings = ctx.instance.settings
         backfill = bounds is not None
@@ -469,26 +423,26 @@ class CasbConnector:
                 token_refused = True
                 logger.warning(f"casb: the events page token was refused ({exc}); restarting from startTime",
                                extra={"stream": cursor.stream})
-                cursor = ctx.deps.state.advance_cursor(ctx.instance.name, cursor, cursor.position, page_token=None)
+                cursor = (yield Unit(cursor.stream, cursor_data={"page_token": None})).cursor
                 continue
             crashpoint(AFTER_FETCH)
-            cursor, more = self._deliver_events_page(ctx, page, params, cursor, page_number, bounds)
+            cursor, more = yield from self._events_unit(ctx, page, params, cursor, page_number, bounds)
             if not more:
                 return cursor  # caught up (or the backfill is done): the next poll starts from this page's token
         ctx.report.caught_up = False  # max_pages_per_poll reached with pages still coming
         return cursor
 
-    def _deliver_events_page(self, ctx: PollContext, page: Page, params: dict[str, str], cursor: Cursor,
-                             page_number: int, bounds: tuple[datetime, datetime] | None = None
-                             ) -> tuple[Cursor, bool]:
-        """pull -> write -> checkpoint, per page: the page's records, commit, then its nextPageToken.
+    def _events_unit(self, ctx: PollContext, page: Page, params: dict[str, str], cursor: Cursor,
+                     page_number: int, bounds: Bounds | None) -> Generator[Unit, Delivered, tuple[Cursor, bool]]:
+        """One page as a unit: its new records, then its nextPageToken as the cursor (``deliver``).
 
         Returns the new cursor and whether more pages should be read now. With ``bounds`` (a backfill)
         only events stamped within ``[since, until]`` are written (an event without a usable timestamp
         is written, as live collection does); the page that holds an event past ``until``, or an empty
-        page, ends the backfill: ``done`` is set with that page's checkpoint.
+        page, ends the backfill: ``done`` is set with that page's checkpoint. A page without new events
+        writes nothing and leaves a pending marker in place (module docstring).
         """
-        deps, instance, settings, report = ctx.deps, ctx.instance, ctx.instance.settings, ctx.report
+        settings = ctx.instance.settings
         stream = cursor.stream
         items = page.body.get(settings["events_items_key"])
         next_token = page.body.get(settings["events_cursor_key"])
@@ -509,38 +463,16 @@ class CasbConnector:
             known.add(key)
             when = _event_time(event)
             if bounds is not None and when is not None:
-                if when > bounds[1]:
+                if when > bounds.until:
                     passed_until = True  # the live chain collects it
                     outside += 1
                     continue
-                if when < bounds[0]:  # startTime is whole minutes: the part of its minute before since
+                if when < bounds.since:  # startTime is whole minutes: the part of its minute before since
                     outside += 1
                     continue
                 in_range.append(when)
             fresh.append((key, event))
-        stats: dict[str, int] = {}
         extra: dict[str, Any] = {}
-        pending = cursor.data.get("pending")
-        rewrite = bool(fresh) and isinstance(pending, dict)
-        if fresh:
-            if isinstance(pending, dict):
-                # The write of this request's page (or, after a refused token, of the page the restarted
-                # chain stands at) was not checkpointed: the same objects again (module docstring).
-                name, received = str(pending["batch"]), parse_timestamp(pending["fetched_at"])
-            else:
-                # Per request, and per backfill range: a backfill's objects never overwrite the live chain's,
-                # nor those of an earlier backfill of another range that read the same page.
-                basis: Any = params if bounds is None else {"params": params, "since": format_rfc3339(bounds[0]),
-                                                            "until": format_rfc3339(bounds[1])}
-                name = f"{stream}_" + hashlib.sha256(canonical_json(basis).encode()).hexdigest()[:24]
-                cursor = deps.state.advance_cursor(instance.name, cursor, cursor.position, pending={
-                    "request": params, "fetched_at": format_rfc3339(page.fetched_at), "batch": name})
-                received = parse_timestamp(cursor.data["pending"]["fetched_at"])
-            stats = self._write(ctx, BatchInfo(SOURCE, instance.name, name), "event",
-                                [(derive_id(SOURCE, "event", key), event, _event_time(event), received)
-                                 for key, event in fresh])
-            crashpoint(AFTER_SINK_COMMIT)
-            extra["pending"] = None
         if bounds is None:
             # The page token is the cursor (persisted for empty pages too); the position only says how far
             # the collected data reaches: the newest event seen, or the page time once a page is empty.
@@ -559,35 +491,42 @@ class CasbConnector:
             # A backfill runs once: no tail guess from a short page, only an empty page or one past
             # `until` ends it. The position is how far the range is covered (the token-restart point).
             more = bool(items) and not passed_until
-            position = max([cursor.moment, *in_range]) if more else bounds[1]
+            position = max([cursor.moment, *in_range]) if more else bounds.until
             if not more:
                 extra["done"] = True
-        cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(position), page_token=next_token,
-                                           recent_ids=(recent + [k for k, _ in fresh])[-RECENT_EVENT_IDS:], **extra)
-        report.events += len(fresh)
-        report.windows += 1
-        report.add_sink_stats(stats)
+        extra.update(page_token=next_token, recent_ids=(recent + [k for k, _ in fresh])[-RECENT_EVENT_IDS:])
+        unit = Unit(stream, position=format_rfc3339(position), cursor_data=extra)
+        pending = pending_of(cursor)
+        if fresh:
+            if pending is not None:
+                # The write of this request's page (or, after a refused token, of the page the restarted
+                # chain stands at) was not checkpointed: the same objects again (module docstring).
+                unit.batch, received = str(pending["batch"]), parse_timestamp(pending["fetched_at"])
+            else:
+                # Per request, and per backfill range: a backfill's objects never overwrite the live chain's,
+                # nor those of an earlier backfill of another range that read the same page.
+                basis: Any = params if bounds is None else {"params": params, "since": format_rfc3339(bounds.since),
+                                                            "until": format_rfc3339(bounds.until)}
+                unit.batch = f"{stream}_" + hashlib.sha256(canonical_json(basis).encode()).hexdigest()[:24]
+                unit.pending = marker(unit.batch, page.fetched_at, request=params)
+                received = parse_timestamp(unit.pending["fetched_at"])  # exactly what a retry reuses
+            unit.records = self._records(ctx, "event", ((derive_id(SOURCE, "event", key), event, _event_time(event))
+                                                        for key, event in fresh), received)
+        delivered = yield unit
         logger.info(f"casb: fetched {len(fresh)} events", extra={
             "stream": stream, "page": page_number, "request": next(iter(params)),
             "start_time": params.get(settings["events_start_param"]), "items": len(items),
             "duplicates": len(items) - len(fresh) - outside, "outside_range": outside, "bytes": page.size,
-            "rewrite": rewrite, **stats})
-        return cursor, more
+            "rewrite": bool(fresh) and pending is not None, **delivered.stats})
+        return delivered.cursor, more
 
-    # --- writing ----------------------------------------------------------------------------------
-    def _write(self, ctx: PollContext, batch: BatchInfo, event_type: str,
-               rows: list[tuple[str, dict[str, Any], datetime | None, datetime]]) -> dict[str, int]:
-        writer = ctx.deps.sinks.open_batch(batch)
-        try:
-            collected = ctx.deps.clock()
-            for record_id, raw, event_time, received in rows:
-                writer.add(build_record(record_id=record_id, source=SOURCE, instance=ctx.instance.name,
-                                        event_type=event_type, raw=raw, event_time=event_time,
-                                        received_time=received, collected_time=collected))
-            return writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+    # --- records ----------------------------------------------------------------------------------
+    def _records(self, ctx: PollContext, event_type: str, rows: Iterable[tuple[str, dict[str, Any], datetime | None]],
+                 received: datetime) -> Iterator[OutRecord]:
+        collected = ctx.deps.clock()
+        for record_id, raw, event_time in rows:
+            yield build_record(record_id=record_id, source=SOURCE, instance=ctx.instance.name, event_type=event_type,
+                               raw=raw, event_time=event_time, received_time=received, collected_time=collected)
 
 
 def _at_or_after(alert: dict[str, Any], floor_ms: int) -> bool:

@@ -20,7 +20,6 @@ MAX_ALERT_WINDOW = timedelta(hours=24)  # Vulture caps a window at 24 h (docs/ve
 # How long the API keeps alerts and events is not documented (docs/vendors/casb.md §8): initial_lookback and
 # backfills reach no further back than this.
 MAX_LOOKBACK = timedelta(days=7)
-BACKFILL_PREFIX = "backfill-"  # backfill cursor = BACKFILL_PREFIX + feed
 CALL_RESERVE_SECONDS = 30.0  # don't start a call with less invocation time left than this
 OAUTH_EXPIRY_MARGIN = timedelta(minutes=5)
 RECENT_EVENT_IDS = 500  # eventIds kept in the events cursor to drop re-served events

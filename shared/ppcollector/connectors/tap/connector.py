@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from ...budget import credential_key
-from ...crashpoints import AFTER_FETCH, AFTER_SINK_COMMIT, crashpoint
+from ...crashpoints import AFTER_FETCH, crashpoint
+from ...delivery import Delivered, Unit
 from ...descriptor import ConnectorDescriptor, SecretField, SettingFlag
 from ...errors import SettingsError, VendorRequestError, VendorThrottled
 from ...http import ALLOW_CUSTOM_ENDPOINT, allow_custom_endpoint, check_endpoint
 from ...observability import logger
-from ...records import RecordBuilder, derive_id_from_canonical
+from ...records import OutRecord, RecordBuilder, derive_id_from_canonical
 from ...secrets import Credentials
 from ...settings import duration_setting
-from ...sinks import BatchInfo
-from ...spine import Deps, PollContext, record_gap
+from ...spine import BACKFILL_PREFIX, Bounds, Deps, PollContext, Units, record_gap
 from ...state import Cursor, Instance
-from ...timeutil import format_compact, format_rfc3339, parse_duration, parse_timestamp
+from ...timeutil import format_compact, format_rfc3339, parse_duration
 from .body import WindowBody
 from .client import TapClient
 from .identity import _identity_json, event_time_text
@@ -135,7 +136,7 @@ class TapConnector:
             raise SettingsError("TAP windows are at least 30 s: widen the range")
         streams = [e.stream for e in endpoints_for(instance.settings["event_types"])]
         for stream in streams:
-            deps.state.set_cursor(instance.name, f"backfill-{stream}", format_rfc3339(since),
+            deps.state.set_cursor(instance.name, BACKFILL_PREFIX + stream, format_rfc3339(since),
                                   until=format_rfc3339(until), done=False)
         return streams
 
@@ -151,46 +152,40 @@ class TapConnector:
         raw = settings.get("settle_lag")
         return parse_duration(raw) if raw is not None else self.environment.settle_lag
 
-    def poll(self, ctx: PollContext) -> None:
-        settings = ctx.instance.settings
-        ctx.credentials.require("secret")
-        client = TapClient(ctx.deps.http, settings["base_url"], settings["principal"], ctx.credentials["secret"],
-                           clock=ctx.deps.clock)
-        credential = credential_key("tap", settings["principal"])
-        for endpoint in endpoints_for(settings["event_types"]):
-            cursor = self._run(ctx, client, credential, endpoint, endpoint.stream)
-            ctx.report.oldest_cursor = min(filter(None, [ctx.report.oldest_cursor, cursor.moment]))
-            # An operator's backfill (ppctl backfill) runs after the live cursor, paced as catch-up.
-            backfill = ctx.deps.state.get_cursor(ctx.instance.name, f"backfill-{endpoint.stream}")
-            if backfill.moment and backfill.data.get("until") and not backfill.data.get("done"):
-                self._run(ctx, client, credential, endpoint, backfill.stream, parse_timestamp(backfill.data["until"]))
+    def streams(self, instance: Instance) -> list[str]:
+        return [endpoint.stream for endpoint in endpoints_for(instance.settings["event_types"])]
 
-    def _run(self, ctx: PollContext, client: TapClient, credential: str, endpoint: Endpoint, stream: str,
-             until: datetime | None = None) -> Cursor:
-        """Window after window from one cursor, while time, budget and data allow."""
+    def run(self, ctx: PollContext, stream: str, cursor: Cursor, bounds: Bounds | None) -> Units:
+        """Window after window from one cursor (the endpoint's, or its backfill's up to ``bounds.until``),
+        while time, budget and data allow."""
         deps, instance, report = ctx.deps, ctx.instance, ctx.report
         settings = instance.settings
+        ctx.credentials.require("secret")
+        client = TapClient(deps.http, settings["base_url"], settings["principal"], ctx.credentials["secret"],
+                           clock=deps.clock)
+        credential = credential_key("tap", settings["principal"])
+        endpoint = next(e for e in endpoints_for(settings["event_types"]) if e.stream == stream)
+        until = bounds.until if bounds is not None else None
         if until is not None and until.microsecond:
             # The API reads whole seconds (queryEndTime has no fraction): a fractional end would never
             # be reached, and its last window would be asked for until the rate budget ran out.
             until = until.replace(microsecond=0) + timedelta(seconds=1)
         settle_lag = self._settle_lag(settings)
         interval = parse_duration(settings["poll_interval"])
-        cursor = deps.state.get_cursor(instance.name, stream)
         skew = timedelta(seconds=float(cursor.data.get("server_skew_seconds", 0)))
         skew_retried = False
         if cursor.moment is None:
             start = (deps.clock() - parse_duration(settings["initial_lookback"])).replace(microsecond=0)
-            cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(start), initialised=True)
+            cursor = (yield Unit(cursor.stream, position=format_rfc3339(start),
+                                 cursor_data={"initialised": True})).cursor
         while True:
             now = deps.clock() + skew  # the server's clock
             plan = plan_window(cursor.moment, now, settle_lag, until)
             if plan and plan.gap:
-                self._report_gap(ctx, stream, plan.gap)
+                self._report_gap(ctx, cursor.stream, plan.gap)
             if plan is None:
                 if until is not None and cursor.moment >= until - MIN_WINDOW:
-                    deps.state.advance_cursor(instance.name, cursor, cursor.position, done=True)
-                    logger.info("tap: backfill complete", extra={"stream": stream})
+                    cursor = (yield Unit(cursor.stream, cursor_data={"done": True})).cursor
                 break  # caught up: less than 30 s is ready
             if ctx.deadline.remaining() < WINDOW_RESERVE_SECONDS:
                 report.caught_up = False
@@ -202,7 +197,7 @@ class TapConnector:
                 report.caught_up = False
                 if not catching_up:
                     report.paused_reason = grant.reason
-                logger.warning(f"tap: window held back: {grant.reason}", extra={"stream": stream})
+                logger.warning(f"tap: window held back: {grant.reason}", extra={"stream": cursor.stream})
                 break
             report.api_calls += 1
             try:
@@ -213,7 +208,7 @@ class TapConnector:
                 # ours: plan again on the server's clock, once per poll.
                 if client.server_skew is not None and client.server_skew != skew and not skew_retried:
                     logger.warning("tap: Proofpoint's clock differs from ours; re-planning the window", extra={
-                        "stream": stream, "server_skew_seconds": client.server_skew.total_seconds()})
+                        "stream": cursor.stream, "server_skew_seconds": client.server_skew.total_seconds()})
                     skew, skew_retried = client.server_skew, True
                     continue
                 raise
@@ -225,45 +220,34 @@ class TapConnector:
             if client.server_skew is not None:
                 skew = client.server_skew
             try:
-                cursor = self._deliver(ctx, endpoint, stream, plan, body, cursor,
-                                       server_skew_seconds=skew.total_seconds())
+                cursor = yield from self._window(ctx, endpoint, cursor.stream, plan, body,
+                                                 server_skew_seconds=skew.total_seconds())
             finally:
                 body.close()
-        return cursor
 
-    def _deliver(self, ctx: PollContext, endpoint: Endpoint, stream: str, plan: WindowPlan, body: WindowBody,
-                 cursor: Cursor, **cursor_extra: Any) -> Cursor:
-        """pull -> write -> checkpoint, in that order: the cursor moves only after every sink acknowledged."""
-        deps, instance, report = ctx.deps, ctx.instance, ctx.report
+    def _window(self, ctx: PollContext, endpoint: Endpoint, stream: str, plan: WindowPlan, body: WindowBody,
+                **cursor_extra: Any) -> Generator[Unit, Delivered, Cursor]:
+        """One window as a unit: its records are parsed from the spooled body while the sinks write them;
+        the cursor moves to the response's queryEndTime once every sink acknowledged (``deliver``)."""
+        deps, instance = ctx.deps, ctx.instance
         crashpoint(AFTER_FETCH)
         query_end = body.query_end_time(plan.start, plan.end)
-        batch = BatchInfo(SOURCE, instance.name, f"{stream}_{format_compact(plan.start)}_"
-                                                 f"{format_compact(plan.end)}")
-        writer = deps.sinks.open_batch(batch)
-        count = 0
-        try:
-            builder = RecordBuilder(source=SOURCE, instance=instance.name, received_time=query_end,
-                                    collected_time=deps.clock())
+        builder = RecordBuilder(source=SOURCE, instance=instance.name, received_time=query_end,
+                                collected_time=deps.clock())
+
+        def records() -> Iterator[OutRecord]:
             for event_type, event in body.events(endpoint.keys):
                 text = event_time_text(event_type, event)
-                writer.add(builder.build(derive_id_from_canonical(SOURCE, event_type, _identity_json(event)),
-                                         event_type, event, None, text))
-                count += 1
-            stats = writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        crashpoint(AFTER_SINK_COMMIT)
-        cursor = deps.state.advance_cursor(instance.name, cursor, format_rfc3339(query_end), **cursor_extra)
-        count = stats.get("records", count)  # what reached the sinks (a repeated event counts once)
-        report.events += count
-        report.windows += 1
-        report.add_sink_stats(stats)
-        logger.info(f"tap: fetched {count} events", extra={
+                yield builder.build(derive_id_from_canonical(SOURCE, event_type, _identity_json(event)),
+                                    event_type, event, None, text)
+
+        delivered = yield Unit(stream, batch=f"{stream}_{format_compact(plan.start)}_{format_compact(plan.end)}",
+                               records=records(), position=format_rfc3339(query_end), cursor_data=cursor_extra)
+        logger.info(f"tap: fetched {delivered.count} events", extra={
             "stream": stream, "window_start": format_rfc3339(plan.start),
             "window_end": format_rfc3339(plan.end), "query_end_time": format_rfc3339(query_end),
-            "http_status": body.status, "bytes": body.size, **stats})
-        return cursor
+            "http_status": body.status, "bytes": body.size, **delivered.stats})
+        return delivered.cursor
 
     def _report_gap(self, ctx: PollContext, stream: str, gap: tuple[datetime, datetime]) -> None:
         record_gap(ctx.deps, ctx.instance, ctx.report, {
