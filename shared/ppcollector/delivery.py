@@ -27,6 +27,7 @@ write of a unit with a batch clears it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -77,8 +78,13 @@ def pending_of(cursor: Cursor) -> dict[str, Any] | None:
     return pending if isinstance(pending, dict) and pending.get("batch") else None
 
 
-def deliver(deps: Deps, source: str, instance: str, cursor: Cursor, unit: Unit, fence: Fence) -> Delivered:
-    """Marker -> sinks -> cursor, fenced (module docstring). Returns the cursor as written."""
+def deliver(deps: Deps, source: str, instance: str, cursor: Cursor, unit: Unit, fence: Fence,
+            sink_lock: AbstractContextManager[Any] | None = None) -> Delivered:
+    """Marker -> sinks -> cursor, fenced (module docstring). Returns the cursor as written.
+
+    ``sink_lock`` is held while the records are added and committed (PoD: one sink commit at a time per
+    task). A failure after the marker was stored leaves it stored: the caller reads the cursor again.
+    """
     if unit.stream != cursor.stream:
         raise ValueError(f"a unit of stream {unit.stream!r} delivered on the cursor of {cursor.stream!r}")
     if unit.pending is not None:
@@ -88,13 +94,14 @@ def deliver(deps: Deps, source: str, instance: str, cursor: Cursor, unit: Unit, 
     fields = dict(unit.cursor_data)
     if unit.batch is not None:
         writer = deps.sinks.open_batch(BatchInfo(source, instance, unit.batch), skip=unit.skip_sinks)
-        try:
-            for record in unit.records:
-                writer.add(record)
-            stats = writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        with sink_lock or nullcontext():
+            try:
+                for record in unit.records:
+                    writer.add(record)
+                stats = writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
         crashpoint(AFTER_SINK_COMMIT)
         fields["pending"] = None
     if unit.on_committed is not None:

@@ -193,9 +193,10 @@ class _Part:
 def object_keys(batch: BatchInfo, records: list[OutRecord]) -> list[str]:
     """The S3 objects a batch of records writes when each (event type, received hour) group stays under
     one part (a PoD flush): what a pending marker names, so a recovery can read them back."""
-    groups = {(r.event_type, r.received_time.strftime("%Y-%m-%dT%H")) for r in records}
-    return sorted(f"{partition_prefix(batch.source, batch.instance, event_type, hour)}{batch.name}_0000.json.gz"
-                  for event_type, hour in groups)
+    # Grouped by the hour's fields first: one strftime per hour, not per record (the PoD hot path).
+    groups = {(r.event_type, t.year, t.month, t.day, t.hour): t for r in records for t in (r.received_time,)}
+    return sorted(f"{partition_prefix(batch.source, batch.instance, key[0], t.strftime('%Y-%m-%dT%H'))}"
+                  f"{batch.name}_0000.json.gz" for key, t in groups.items())
 
 
 class S3Sink:

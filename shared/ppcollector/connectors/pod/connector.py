@@ -83,7 +83,11 @@ class PodConnector:
         connection.close(wait=1.0)
         return f"Proofpoint accepted the token (websocket handshake of the {event_type} stream)"
 
-    def poll(self, ctx: Any) -> None:
+    def streams(self, instance: Instance) -> list[str]:
+        raise SettingsError("PoD instances are streamed by the PoD streamer task (functions/pod_streamer), "
+                            "not polled")
+
+    def run(self, ctx: Any, stream: str, cursor: Any, bounds: Any) -> Any:
         raise SettingsError("PoD instances are streamed by the PoD streamer task (functions/pod_streamer), "
                             "not polled")
 

@@ -17,17 +17,18 @@ Where things happen (``TypeStream``):
   that completion clears the range; meanwhile the type is Degraded "recovering archive since ...".
 - **frames → batch** (``_on_frame``): decode, skip empty, count malformed (never logged), drop ids
   already written (``dedup.py``) or already in the batch.
-- **flush** (``_flush``): pending marker → sinks → dedup ids → checkpoint (clears the marker), in
-  that order. A marker left by a crash is resolved at the next lease (``_recover_pending``): S3
-  objects that exist count as written (and go to Kinesis again), missing ones come again through the
-  archive read.
+- **flush** (``_flush``): the batch is a unit of the spine's ``delivery.deliver``: pending marker →
+  sinks → dedup ids → checkpoint (clears the marker), in that order, every cursor write fenced by the
+  stream's lease (a stream whose lease was taken over while it was frozen writes nothing and drops its
+  batch). A marker left by a crash is resolved at the next lease (``_recover_pending``): S3 objects
+  that exist count as written (read back, and sent to the other sinks again), missing ones come again
+  through the archive read.
 
 ``PodStreamer`` re-reads the registry every refresh interval and starts/stops/restarts the streams.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -43,14 +44,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ...crashpoints import AFTER_SINK_COMMIT, crashpoint
+from ...delivery import Unit, checkpoint, deliver, marker, pending_of
 from ...errors import CursorConflict, LeaseHeld, SettingsError, VendorError, VersionConflict
 from ...http import endpoint_log_keys
 from ...observability import COUNT, SECONDS, emit_metrics, logger
 from ...records import OutRecord, build_record, canonical_json
-from ...sinks import BatchInfo, KinesisSink, S3Sink, partition_prefix
+from ...sinks import BatchInfo, S3Sink, object_keys
 from ...spine import Deps, PollReport, _transition, record_gap
-from ...state import ACTIVE, DEGRADED, DISABLED, FAILED, PENDING, Cursor, Instance
+from ...state import ACTIVE, DEGRADED, DISABLED, FAILED, PENDING, Cursor, Fence, Instance
 from ...timeutil import format_compact, format_rfc3339, parse_timestamp
 from .client import PodConnection
 from .config import StreamerSettings
@@ -66,7 +67,6 @@ RESUME_SAFE = timedelta(minutes=50)
 ARCHIVE_MARGIN = timedelta(minutes=5)  # archive from a little before the newest ts (ordering is unconfirmed)
 # sinceTime older than 30 days is a 400 (docs/vendors/pod.md §1.3)
 MAX_LOOKBACK = timedelta(days=30) - timedelta(hours=1)
-AFTER_PENDING = "pod_after_pending"  # crashpoint: the pending marker is written, the sinks not yet
 HEARTBEAT_SECONDS = 60.0
 METRICS_SECONDS = 60.0
 STATE_RANK = {FAILED: 4, DEGRADED: 3, PENDING: 2, ACTIVE: 1}
@@ -204,6 +204,7 @@ class TypeStream:
         self.holding = False
         self.lease_renewed = 0.0
         self.lease_deadline = 0.0
+        self.fence: Fence | None = None  # the lease as last renewed: every cursor write checks it
         self.cursor: Cursor | None = None
         self.dedup: DedupStore | None = None
         # session
@@ -517,18 +518,26 @@ class TypeStream:
             return True
         batch.name = batch.name or (f"{self.event_type}_{format_compact(batch.first_received)}_"
                                     f"{uuid.uuid4().hex[:8]}")
-        keys = self._keys(batch) if self._sink(S3Sink) else []
-        self._checkpoint(pending={"batch": batch.name, "keys": keys, "records": len(batch.records),
-                                  "written_at": format_rfc3339(now)})
-        crashpoint(AFTER_PENDING)
-        writer = self.deps.sinks.open_batch(BatchInfo(SOURCE, self.instance.name, batch.name))
+        keys = object_keys(BatchInfo(SOURCE, self.instance.name, batch.name), batch.records) \
+            if self.deps.sinks.sink(S3Sink.name) else []
+        newest = max(filter(None, [batch.newest, self.cursor.moment]), default=None)
+
+        def remember_written() -> dict[str, Any]:
+            self.dedup.add(zip([r.id for r in batch.records], batch.moments, strict=True))
+            if newest is not None:
+                self.dedup.prune(newest)
+            return {"dedup_index": self.dedup.index}
+
         try:
-            with SINK_COMMIT_LOCK:
-                for record in batch.records:
-                    writer.add(record)
-                stats = writer.commit()
+            stats = self._deliver(Unit(
+                self.event_type, batch=batch.name, records=batch.records,
+                position=format_rfc3339(newest) if newest else None, cursor_data=extra,
+                pending=marker(batch.name, now, keys=keys, records=len(batch.records)),
+                on_committed=remember_written))
+        except (LeaseLost, BotoCoreError, ClientError, VersionConflict):
+            raise  # the lease or the state table: _serve decides
         except Exception as exc:
-            writer.abort()
+            self.cursor = self.deps.state.get_cursor(self.instance.name, self.event_type)  # the marker moved it
             delay = self.sink_backoff.next()
             self.sink_retry_at = time.monotonic() + delay
             logger.error(f"pod: writing a batch failed: {type(exc).__name__}: {exc}", extra={
@@ -538,23 +547,19 @@ class TypeStream:
             return False
         self.sink_backoff.reset()
         self.sink_retry_at = 0.0
-        crashpoint(AFTER_SINK_COMMIT)
-        self.dedup.add(zip([r.id for r in batch.records], batch.moments, strict=True))
-        newest = max(filter(None, [batch.newest, self.cursor.moment]), default=None)
-        if newest is not None:
-            self.dedup.prune(newest)
-        self._checkpoint(position=format_rfc3339(newest) if newest else None, pending=None,
-                         dedup_index=self.dedup.index, **extra)
         self.batch = Batch()
         self._after_flush(batch, stats, newest)
         return True
 
-    def _keys(self, batch: Batch) -> list[str]:
-        """The S3 objects this batch writes: one per received hour (a batch is one part, < 64 MiB)."""
-        moments = {(t.year, t.month, t.day, t.hour): t for t in (r.received_time for r in batch.records)}
-        hours = {t.strftime("%Y-%m-%dT%H") for t in moments.values()}
-        return sorted(f"{partition_prefix(SOURCE, self.instance.name, self.event_type, hour)}{batch.name}_0000.json.gz"
-                      for hour in hours)
+    def _deliver(self, unit: Unit) -> dict[str, int]:
+        """The spine's ``deliver`` with this stream's cursor and fence; a refused write means the lease is lost."""
+        try:
+            delivered = deliver(self.deps, SOURCE, self.instance.name, self.cursor, unit, self.fence,
+                                sink_lock=SINK_COMMIT_LOCK)
+        except CursorConflict as exc:
+            raise LeaseLost(str(exc)) from exc
+        self.cursor = delivered.cursor
+        return delivered.stats
 
     def _after_flush(self, batch: Batch, stats: dict[str, int], newest: datetime | None) -> None:
         count = stats.get("records", len(batch.records))
@@ -604,11 +609,10 @@ class TypeStream:
         emit_metrics("pod", self.instance.name, values, type=self.event_type)
 
     # --- checkpoint, pending marker, resume decision ---------------------------------------------
-    def _checkpoint(self, position: Any = ..., **changes: Any) -> None:
-        cursor = self.cursor
+    def _checkpoint(self, **changes: Any) -> None:
+        """Session bookkeeping in the cursor (no records): the spine's fenced cursor write."""
         try:
-            self.cursor = self.deps.state.advance_cursor(
-                self.instance.name, cursor, cursor.position if position is ... else position, **changes)
+            self.cursor = checkpoint(self.deps, self.instance.name, self.cursor, self.fence, **changes)
         except CursorConflict as exc:
             raise LeaseLost(str(exc)) from exc
         if "owed" in changes:
@@ -619,51 +623,39 @@ class TypeStream:
         self.dedup = DedupStore(self.deps.state.kv, self.instance.name, self.event_type,
                                 self.cursor.data.get("dedup_index"))
         self.owed, self.owed_dirty = Owed.load(self.cursor.data.get("owed")), False
-        if self.cursor.data.get("pending"):
+        if pending_of(self.cursor):
             self._recover_pending()
 
     def _recover_pending(self) -> None:
-        """A flush was interrupted between its pending marker and its checkpoint (a SIGKILL)."""
-        pending = self.cursor.data["pending"]
-        s3, kinesis = self._sink(S3Sink), self._sink(KinesisSink)
-        written: list[OutRecord] = []
+        """A flush was interrupted between its pending marker and its checkpoint (a SIGKILL): the marked
+        objects that exist hold records written; they go to the other sinks again (at-least-once there)
+        and their ids to the dedup memory. The others' events come again through the archive read."""
+        pending = pending_of(self.cursor) or {}
+        s3 = self.deps.sinks.sink(S3Sink.name)
+        keys = list(pending.get("keys", []))
+        written, missing = s3.read_back(keys) if s3 is not None else ([], keys)
         moments: list[datetime] = []
         event_times: list[datetime] = []
-        missing: list[str] = []
-        for key in pending.get("keys", []) if s3 is not None else []:
-            try:
-                body = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                    missing.append(key)
-                    continue
-                raise
-            for line in gzip.decompress(body).splitlines():
-                if not line.strip():
-                    continue
-                data = json.loads(line)
-                received = parse_timestamp(data["received_time"])
-                written.append(OutRecord(data["id"], data["source"], data["instance"], data["event_type"],
-                                         received, line))
-                ts = parse_timestamp(data["event_time"]) if data.get("event_time") else None
-                moments.append(ts or received)
-                if ts is not None:
-                    event_times.append(ts)
-        if written and kinesis is not None:
-            # Kinesis may or may not have them: at-least-once, so send them (again).
-            writer = kinesis.open_batch(BatchInfo(SOURCE, self.instance.name, pending["batch"]))
-            with SINK_COMMIT_LOCK:
-                for record in written:
-                    writer.add(record)
-                writer.commit()
-        self.dedup.add(zip([r.id for r in written], moments, strict=True))
+        for record in written:
+            stamped = json.loads(record.line).get("event_time")
+            ts = parse_timestamp(stamped) if stamped else None
+            moments.append(ts or record.received_time)
+            if ts is not None:
+                event_times.append(ts)
         newest = max(filter(None, [*event_times, self.cursor.moment]), default=None)
-        self._checkpoint(position=format_rfc3339(newest) if newest else None, pending=None,
-                         dedup_index=self.dedup.index)
+
+        def remember_written() -> dict[str, Any]:
+            self.dedup.add(zip([r.id for r in written], moments, strict=True))
+            return {"dedup_index": self.dedup.index}
+
+        reput = [name for name in self.deps.sinks.names if name != S3Sink.name]
+        self._deliver(Unit(self.event_type, batch=str(pending.get("batch", "recovered")), records=written,
+                           position=format_rfc3339(newest) if newest else None, skip_sinks=(S3Sink.name,),
+                           on_committed=remember_written))
         logger.warning("pod: resolved an interrupted flush", extra={
             **self.log_fields, "batch": pending.get("batch"), "records_found": len(written),
-            "objects_found": len(pending.get("keys", [])) - len(missing), "objects_missing": len(missing),
-            "kinesis_reput": bool(written and kinesis is not None)})
+            "objects_found": len(keys) - len(missing), "objects_missing": len(missing),
+            "kinesis_reput": bool(written and reput)})
 
     def _archive_base(self) -> datetime:
         """Where events a session may have lost start: after the newest flushed event."""
@@ -725,7 +717,8 @@ class TypeStream:
     def _hold_lease(self) -> bool:
         ttl = timedelta(seconds=self.settings.lease_seconds)
         try:
-            self.deps.state.acquire_lease(self.instance.name, self.owner, self.deps.clock(), ttl, scope=self.scope)
+            self.fence = self.deps.state.acquire_lease(self.instance.name, self.owner, self.deps.clock(), ttl,
+                                                       scope=self.scope)
         except LeaseHeld:
             if self.holding:
                 self.holding = False
@@ -780,9 +773,6 @@ class TypeStream:
             due = time.monotonic() - self.lease_renewed >= self.settings.lease_renew_seconds
             if renew and self.holding and due and not self._hold_lease():
                 raise LeaseLost("could not renew the lease")
-
-    def _sink(self, kind: type) -> Any:
-        return next((s for s in self.deps.sinks.sinks if isinstance(s, kind)), None)
 
     def _status(self, state: str, reason: str, top: dict[str, Any] | None = None, **fields: Any) -> None:
         self.state = state
