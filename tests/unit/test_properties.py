@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ppcollector.connectors.tap import (
@@ -49,6 +49,26 @@ def test_successive_windows_have_no_gap_and_no_overlap(now, lag, back, step):
             assert plan.start == cursor  # contiguous: no gap, no overlap
         cursor = plan.end
     assert cursor <= max(now - lag, start)  # never asks for what is not ready
+
+
+@given(now=NOW, lag=LAG, back=st.integers(min_value=0, max_value=6 * 86400), hours=st.integers(0, 6),
+       remainder=st.one_of(st.integers(1, 29), st.integers(30, 3599)))
+@settings(max_examples=200)
+def test_a_backfill_range_is_tiled_without_overlap_down_to_its_last_window(now, lag, back, hours, remainder):
+    """Issue 10 point 9: a backfill whose last remainder was under 30 s fetched the end of the window
+    before it again (1 h 10 s wrote 12 ids twice). ``ppctl backfill`` refuses ranges under 30 s."""
+    assume(hours or remainder >= 30)
+    since = (now - timedelta(seconds=back)).replace(microsecond=0)
+    until = since + timedelta(hours=hours, seconds=remainder)
+    cursor = since
+    while (plan := plan_window(cursor, now, lag, until)) is not None:
+        if plan.gap is None:
+            assert plan.start == cursor  # contiguous: no overlap with the window before
+        assert MIN_WINDOW <= plan.end - plan.start <= MAX_WINDOW and plan.end <= until
+        cursor = plan.end
+    # Done, or waiting for the rest to be ready, or the rest is beyond the API's 7 days.
+    ready = (now - lag).replace(microsecond=0)
+    assert cursor == until or until > ready or until <= now - MAX_LOOKBACK + LOOKBACK_MARGIN
 
 
 @given(now=NOW, back=BACK)

@@ -457,6 +457,27 @@ def test_backfill_recollects_the_range_and_then_stops(clock, tap):
     assert all(r.start >= clock.now - timedelta(hours=1) for r in tap.requests)  # backfill not repeated
 
 
+def test_a_backfill_whose_last_remainder_is_under_30_seconds_writes_each_event_once(clock, tap):
+    """Issue 10 point 9: a backfill of 1 h 10 s wrote ids twice (its last window reached back 20 s)."""
+    deps, sink = make_deps(clock, tap)
+    add_tap_instance(deps, initial_lookback="10m")
+    tick(deps)
+    since = clock.now - timedelta(hours=3)
+    until = since + timedelta(hours=1, seconds=10)
+    expected = {f"b{s}" for s in range(0, 3610, 5)}
+    tap.events_by_type["messagesBlocked"] = [message(since + timedelta(seconds=s), id_=f"b{s}", guid=f"b{s}")
+                                             for s in range(0, 3610, 5)]
+    TAP.start_backfill(deps, deps.state.get_instance("acme"), since, until)
+    tap.requests.clear()
+    clock.advance(minutes=5)
+    tick(deps)
+    backfill = [(r.start, r.end) for r in tap.requests if r.start < clock.now - timedelta(hours=1)]
+    assert backfill == [(since, until - timedelta(seconds=30)), (until - timedelta(seconds=30), until)]
+    ids = [r["raw"]["id"] for r in sink.records]
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    assert deps.state.get_cursor("acme", "backfill-all").data["done"] is True
+
+
 # --- clock skew --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("skew_minutes", [-5, 5])

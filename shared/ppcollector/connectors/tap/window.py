@@ -20,8 +20,12 @@ def plan_window(cursor: datetime, now: datetime, settle_lag: timedelta,
                 until: datetime | None = None) -> WindowPlan | None:
     """The next window, or None when less than 30 s is ready (wait rather than ask for less).
 
-    ``until`` bounds a backfill; its last window is widened backwards to 30 s if needed (the
-    overlap is deduplicated by deterministic ids).
+    ``until`` bounds a backfill. Its windows tile ``[cursor, until]`` without overlap: a window that
+    would leave less than 30 s before ``until`` ends 30 s before it instead, so the last window is
+    30 s long and starts where the previous one ended (widening that last window backwards would
+    fetch the end of the previous one again, and write its events twice under another batch name).
+    Only a cursor already within 30 s of ``until`` (a response whose queryEndTime fell short of the
+    requested end) still gets a window widened backwards to 30 s.
     """
     earliest = now - MAX_LOOKBACK + LOOKBACK_MARGIN
     gap = None
@@ -35,7 +39,9 @@ def plan_window(cursor: datetime, now: datetime, settle_lag: timedelta,
         if start >= until:
             return None
         end = min(end, until)
-        if end - start < MIN_WINDOW and end == until and until <= ready:
+        if end < until and until - end < MIN_WINDOW:
+            end = until - MIN_WINDOW
+        elif end - start < MIN_WINDOW and end == until and until <= ready:
             start = max(until - MIN_WINDOW, earliest)
     if end - start < MIN_WINDOW:
         return None
