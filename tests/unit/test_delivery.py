@@ -15,7 +15,7 @@ from ppcollector.connectors.pod.client import Frame
 from ppcollector.connectors.pod.stream import LeaseLost as StreamLeaseLost
 from ppcollector.connectors.pod.stream import TypeStream
 from ppcollector.delivery import Unit, deliver
-from ppcollector.errors import CheckFailed, LeaseLost
+from ppcollector.errors import CheckFailed, LeaseLost, VersionConflict
 from ppcollector.kvstore import Check, MemoryKV
 from ppcollector.records import build_record
 from ppcollector.timeutil import format_rfc3339, utcnow
@@ -53,14 +53,25 @@ def test_no_connector_commits_a_sink_or_writes_a_cursor_itself():
     assert sum(1 for p in CONNECTORS.rglob("*.py") if "yield Unit(" in p.read_text()) >= 2  # the scan sees code
 
 
-def test_the_memory_store_refuses_a_write_whose_checked_item_moved():
-    kv = MemoryKV()
+# The fencing scenarios take the state table's store: MemoryKV here, DynamoDB (moto server) in
+# tests/integration/test_fencing.py.
+
+def store_refuses_a_write_whose_checked_item_moved(kv) -> None:
     lease = kv.put("inst#a", "lease", {"owner": "a"}, 0)
-    kv.put("inst#a", "cursor#all", {"position": "1"}, 0, also_check=Check("inst#a", "lease", lease.version))
+    check = Check("inst#a", "lease", lease.version)
+    kv.put("inst#a", "cursor#all", {"position": "1"}, 0, also_check=check)
+    with pytest.raises(VersionConflict) as stale:  # the lease holds, the cursor moved: an ordinary conflict
+        kv.put("inst#a", "cursor#all", {"position": "2"}, 0, also_check=check)
+    assert not isinstance(stale.value, CheckFailed)
     kv.put("inst#a", "lease", {"owner": "b"}, lease.version)  # taken over
     with pytest.raises(CheckFailed):
-        kv.put("inst#a", "cursor#all", {"position": "2"}, 1, also_check=Check("inst#a", "lease", lease.version))
+        kv.put("inst#a", "cursor#all", {"position": "2"}, 1, also_check=check)
     assert kv.get("inst#a", "cursor#all").data == {"position": "1"}
+    assert kv.get("inst#a", "cursor#all").version == 1 and kv.get("inst#a", "lease").data == {"owner": "b"}
+
+
+def test_the_memory_store_refuses_a_write_whose_checked_item_moved():
+    store_refuses_a_write_whose_checked_item_moved(MemoryKV())
 
 
 def test_deliver_stores_the_marker_writes_and_clears_it_in_the_advancing_write():
@@ -87,9 +98,19 @@ def test_deliver_stores_the_marker_writes_and_clears_it_in_the_advancing_write()
 
 # --- fencing: a holder frozen past its lease is refused, the new holder continues ------------------
 
+def on_store(deps, kv):
+    deps.state.kv = deps.budget.kv = kv
+    return deps
+
+
 def test_a_tap_poll_frozen_past_its_lease_is_refused_and_the_new_holder_continues(caplog):
+    tap_holder_frozen_past_its_lease(MemoryKV(), caplog)
+
+
+def tap_holder_frozen_past_its_lease(kv, caplog) -> None:
     clock, tap = FakeClock(), FakeTap()
     deps, sink = make_deps(clock, tap)
+    on_store(deps, kv)
     add_tap_instance(deps, initial_lookback="30m")
     tap.events_by_type["messagesDelivered"] = [message(clock.now - timedelta(minutes=20), id_="e1", guid="g1")]
     tick(deps)  # the cursor exists (a poll of an instance never seen first initialises it)
@@ -122,10 +143,15 @@ def test_a_tap_poll_frozen_past_its_lease_is_refused_and_the_new_holder_continue
 
 
 def test_a_casb_poll_frozen_past_its_lease_writes_nothing(caplog):
+    casb_holder_frozen_past_its_lease(MemoryKV(), caplog)
+
+
+def casb_holder_frozen_past_its_lease(kv, caplog) -> None:
     clock = FakeClock(datetime(2026, 11, 20, 12, 30, tzinfo=UTC))
     sim = make_sim(clock)
     session = SimSession(sim)
     deps, sink = make_deps(clock, session)
+    on_store(deps, kv)
     s3 = with_s3(deps, sink)
     add_instance(deps, feeds="alerts")
     start = clock.now - timedelta(minutes=30)
@@ -153,7 +179,12 @@ def test_a_casb_poll_frozen_past_its_lease_writes_nothing(caplog):
 
 
 def test_a_pod_stream_whose_lease_was_taken_over_writes_no_checkpoint_and_drops_its_batch():
+    pod_stream_frozen_past_its_lease(MemoryKV())
+
+
+def pod_stream_frozen_past_its_lease(kv) -> None:
     deps, sink = make_deps(utcnow, None)
+    on_store(deps, kv)
     from ppcollector.connectors.pod import PodConnector
     from ppcollector.state import Instance
     from tests.unit.test_pod_streamer import CID
