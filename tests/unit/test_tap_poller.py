@@ -359,9 +359,10 @@ def test_transient_faults_degrade_and_retry_the_same_window_without_losing_event
     assert sink.records == []
     # The window is retried at the next due poll and every event arrives, once.
     clock.advance(minutes=5)
+    asked = len(tap.requests)
     [outcome] = tick(deps)
     assert outcome.state == ACTIVE
-    assert tap.requests[-1].start == clock.now - timedelta(minutes=35)
+    assert tap.requests[asked].start == clock.now - timedelta(minutes=35)  # (a marked window: then the rest)
     assert sorted(r["raw"]["id"] for r in sink.records) == sorted(f"e{i}" for i in range(50))
 
 
@@ -476,6 +477,41 @@ def test_a_backfill_whose_last_remainder_is_under_30_seconds_writes_each_event_o
     ids = [r["raw"]["id"] for r in sink.records]
     assert len(ids) == len(set(ids)) and set(ids) == expected
     assert deps.state.get_cursor("acme", "backfill-all").data["done"] is True
+
+
+def test_a_crash_after_the_last_window_was_written_rewrites_the_same_objects(clock, tap, monkeypatch):
+    """The last window of a poll ends at now - settle lag: its retry, later, asks for exactly that window
+    again (the pending marker), so its objects are overwritten, never joined by a second copy."""
+    from ppcollector import delivery
+    from ppcollector.sinks import S3Sink, SinkSet
+    from tests.unit.test_casb_poller import FakeS3, Killed
+
+    deps, sink = make_deps(clock, tap)
+    s3 = FakeS3()
+    deps.sinks = SinkSet([S3Sink(s3, "raw"), sink])
+    add_tap_instance(deps, initial_lookback="20m")
+    tap.events_by_type["messagesDelivered"] = [message(clock.now - timedelta(minutes=12), id_=f"e{i}", guid=f"g{i}")
+                                               for i in range(5)]
+
+    def killed(name):
+        if name == "after_sink_commit":
+            raise Killed(name)
+    monkeypatch.setattr(delivery, "crashpoint", killed)
+    with pytest.raises(Killed):
+        tick(deps, only="acme")
+    first_keys = set(s3.objects)
+    monkeypatch.undo()
+    clock.advance(minutes=3)
+    tap.events_by_type["messagesDelivered"].append(message(clock.now - timedelta(minutes=6), id_="new", guid="new"))
+    asked = len(tap.requests)
+    [outcome] = tick(deps, only="acme")
+    assert outcome.state == ACTIVE
+    assert (tap.requests[asked].start, tap.requests[asked].end) == (tap.requests[0].start, tap.requests[0].end)
+    assert set(s3.puts[-len(s3.objects):]) >= first_keys  # the same keys, written again
+    ids = s3.ids()
+    assert len(ids) == len(set(ids)) and set(ids) == {r["id"] for r in sink.records}
+    assert {r["raw"]["id"] for r in sink.records} == {f"e{i}" for i in range(5)} | {"new"}
+    assert deps.state.get_cursor("acme", "all").moment == clock.now - timedelta(minutes=5)
 
 
 # --- clock skew --------------------------------------------------------------------------------

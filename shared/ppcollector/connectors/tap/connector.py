@@ -8,7 +8,7 @@ from typing import Any
 
 from ...budget import credential_key
 from ...crashpoints import AFTER_FETCH, crashpoint
-from ...delivery import Delivered, Unit
+from ...delivery import Delivered, Unit, marker, pending_of
 from ...descriptor import ConnectorDescriptor, SecretField, SettingFlag
 from ...errors import SettingsError, VendorRequestError, VendorThrottled
 from ...http import ALLOW_CUSTOM_ENDPOINT, allow_custom_endpoint, check_endpoint
@@ -18,7 +18,7 @@ from ...secrets import Credentials
 from ...settings import duration_setting
 from ...spine import BACKFILL_PREFIX, Bounds, Deps, PollContext, Units, record_gap
 from ...state import Cursor, Instance
-from ...timeutil import format_compact, format_rfc3339, parse_duration
+from ...timeutil import format_compact, format_rfc3339, parse_duration, parse_timestamp
 from .body import WindowBody
 from .client import TapClient
 from .identity import _identity_json, event_time_text
@@ -180,7 +180,7 @@ class TapConnector:
                                  cursor_data={"initialised": True})).cursor
         while True:
             now = deps.clock() + skew  # the server's clock
-            plan = plan_window(cursor.moment, now, settle_lag, until)
+            plan = self._marked_window(cursor, now) or plan_window(cursor.moment, now, settle_lag, until)
             if plan and plan.gap:
                 self._report_gap(ctx, cursor.stream, plan.gap)
             if plan is None:
@@ -220,18 +220,37 @@ class TapConnector:
             if client.server_skew is not None:
                 skew = client.server_skew
             try:
-                cursor = yield from self._window(ctx, endpoint, cursor.stream, plan, body,
+                cursor = yield from self._window(ctx, endpoint, cursor, plan, body,
                                                  server_skew_seconds=skew.total_seconds())
             finally:
                 body.close()
 
-    def _window(self, ctx: PollContext, endpoint: Endpoint, stream: str, plan: WindowPlan, body: WindowBody,
+    @staticmethod
+    def _marked_window(cursor: Cursor, now: datetime) -> WindowPlan | None:
+        """The window a pending marker names: written (perhaps partly), its cursor write never happened.
+        Asked for again with the same bounds, so its records go to the same objects. A window that has
+        meanwhile passed TAP's 7 days is planned anew (the gap is reported)."""
+        pending = pending_of(cursor)  # any marker is this position's: the write that advances clears it
+        if pending is None or "start" not in pending:
+            return None
+        start, end = parse_timestamp(pending["start"]), parse_timestamp(pending["end"])
+        return WindowPlan(start, end, None) if start >= now - MAX_LOOKBACK + LOOKBACK_MARGIN else None
+
+    def _window(self, ctx: PollContext, endpoint: Endpoint, cursor: Cursor, plan: WindowPlan, body: WindowBody,
                 **cursor_extra: Any) -> Generator[Unit, Delivered, Cursor]:
         """One window as a unit: its records are parsed from the spooled body while the sinks write them;
-        the cursor moves to the response's queryEndTime once every sink acknowledged (``deliver``)."""
-        deps, instance = ctx.deps, ctx.instance
+        the cursor moves to the response's queryEndTime once every sink acknowledged (``deliver``).
+
+        The last window of a poll ends at now - settle lag, so a retry would plan another end and name
+        other objects: a window with data is marked first (its bounds), and a retry asks for exactly it.
+        """
+        deps, instance, stream = ctx.deps, ctx.instance, cursor.stream
         crashpoint(AFTER_FETCH)
         query_end = body.query_end_time(plan.start, plan.end)
+        batch = f"{stream}_{format_compact(plan.start)}_{format_compact(plan.end)}"
+        rewrite = (pending_of(cursor) or {}).get("batch") == batch
+        mark = None if rewrite or body.status == 204 else marker(
+            batch, query_end, start=format_rfc3339(plan.start), end=format_rfc3339(plan.end))
         builder = RecordBuilder(source=SOURCE, instance=instance.name, received_time=query_end,
                                 collected_time=deps.clock())
 
@@ -241,8 +260,8 @@ class TapConnector:
                 yield builder.build(derive_id_from_canonical(SOURCE, event_type, _identity_json(event)),
                                     event_type, event, None, text)
 
-        delivered = yield Unit(stream, batch=f"{stream}_{format_compact(plan.start)}_{format_compact(plan.end)}",
-                               records=records(), position=format_rfc3339(query_end), cursor_data=cursor_extra)
+        delivered = yield Unit(stream, batch=batch, records=records(), position=format_rfc3339(query_end),
+                               cursor_data=cursor_extra, pending=mark)
         logger.info(f"tap: fetched {delivered.count} events", extra={
             "stream": stream, "window_start": format_rfc3339(plan.start),
             "window_end": format_rfc3339(plan.end), "query_end_time": format_rfc3339(query_end),
