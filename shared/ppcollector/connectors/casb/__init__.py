@@ -26,8 +26,10 @@ Retries rewrite the same objects (docs/CONTRACT.md §5). An S3 key is the batch 
 each record's ``received_time`` (sinks.py), so both must be the same when a window or page is written
 again after a failure between the sink write and the cursor write (a crash, a sink or state-table
 error, a lost conditional write). Neither can be recomputed: an alerts window ends at ``now - settle
-lag`` and the page time is the time of the call. So, before anything is written, the cursor gets a
-*pending* marker, a conditional write at the same position with every other field unchanged:
+lag`` and the page time is the time of the call. So each window or page is a unit with a *pending*
+marker (``delivery.marker``, the format every feed shares), which the spine's ``delivery.deliver``
+stores in the cursor before anything is written: a fenced conditional write at the same position,
+every other field unchanged.
 
 - alerts: ``pending = {"from", "to", "floor", "fetched_at", "batch"}``: the window's bounds (ms), the
   oldest timestamp written (``from`` for a complete read), the page time and the batch name. Every
@@ -45,7 +47,8 @@ lag`` and the page time is the time of the call. So, before anything is written,
   ``startTime``), the first page with new events of the restarted chain overwrites the objects the
   lost write left, and the events of that page that it does not hold come in later pages.
 - The write that advances the cursor clears the marker (``pending = None``), in the same conditional
-  write. Nothing is written to a sink before the marker is stored, and nothing is written for a read
+  write (``deliver`` clears it with a unit that wrote a batch; a page without new events leaves it).
+  Nothing is written to a sink before the marker is stored, and nothing is written for a read
   that failed (a 401 after re-authentication, a 429, a malformed page: the whole window is discarded),
   so a window re-planned after such a failure cannot meet objects of its own. A failure while a marked
   window is re-read keeps the marker, hence the bounds, for the next poll.
