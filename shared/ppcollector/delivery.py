@@ -11,10 +11,12 @@ windows and event pages, and PoD flushes alike:
    when every sink acknowledged;
 3. one fenced conditional cursor write: the new position, the unit's fields, and the marker cleared.
 
-Fencing: each cursor write also checks the writer's lease (``state.Fence``) in the same atomic write
-(DynamoDB TransactWriteItems). A holder frozen past its lease expiry whose lease was taken over gets
-``LeaseLost`` (a ``CursorConflict``): nothing after the refused write runs. Records it committed just
-before are at-least-once: the same ids, under the same deterministic object names.
+Fencing: each cursor write carries the writer's lease version as a fencing token (``state.Fence``);
+the cursor refuses a token lower than the highest it has seen, in the same single-item conditional
+write as its version check. A holder that takes a lease over fences the cursors it guards at once, so
+a holder frozen past its lease expiry gets ``LeaseLost`` (a ``CursorConflict``) at its next write and
+nothing after it runs. Records it committed just before are at-least-once: the same ids, under the
+same deterministic object names (and its first write of a unit is the marker).
 
 The pending marker, one format for every feed (``marker``): ``batch`` (the name the retry writes under),
 ``fetched_at`` (when the unit's data was fetched: the received time of CASB records, the flush time of a

@@ -52,8 +52,8 @@ class VersionConflict(CollectorError):
     """A conditional write lost to a concurrent writer."""
 
 
-class CheckFailed(VersionConflict):
-    """The item a conditional write also checked (``also_check``: the writer's lease) has another version."""
+class FenceRefused(VersionConflict):
+    """A fenced write carried a lower token than the item's: a newer lease holder has fenced it."""
 
 
 class CursorConflict(CollectorError):
@@ -61,8 +61,8 @@ class CursorConflict(CollectorError):
 
 
 class LeaseLost(CursorConflict):
-    """Fencing: the lease this holder's cursor write checks was taken over (it was frozen past its
-    expiry); the write is refused and the holder stops without writing anything more."""
+    """Fencing: this holder's lease was taken over (it was frozen past its expiry) and the new holder
+    fenced the cursor; the write is refused and the holder stops without writing anything more."""
 
 
 class LeaseHeld(CollectorError):

@@ -3,10 +3,11 @@
 Everything the spine keeps (registry, cursors, leases, status, rate budgets) is a JSON document under
 ``(pk, sk)`` with a ``version`` that increments on every write. A write names the version it read
 (``expected_version``; 0 means "must not exist"), so two writers never both win: the loser gets
-``VersionConflict``. A write may also name another item whose version must be unchanged
-(``also_check``, checked and written atomically): a cursor write checks its writer's lease, so a holder
-whose lease was taken over cannot write (fencing; ``CheckFailed``). ``DynamoKV`` is the real adapter;
-``MemoryKV`` is the honest in-memory fake the unit tests use.
+``VersionConflict``. A write may also carry a fencing token (``fence``: the version of the writer's
+lease): it is stored with the item, and a write whose token is lower than the stored one is refused
+(``FenceRefused``) whatever version it names, so a holder whose lease was taken over cannot write once
+the new holder has fenced the item. One conditional write of one item: no transaction. ``DynamoKV`` is
+the real adapter; ``MemoryKV`` is the honest in-memory fake the unit tests use.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import CheckFailed, VersionConflict
+from .errors import FenceRefused, VersionConflict
 from .timeutil import format_rfc3339, utcnow
 
 
@@ -26,22 +27,14 @@ class Item:
     sk: str
     data: dict[str, Any]
     version: int
-
-
-@dataclass(frozen=True)
-class Check:
-    """Another item that must still be at ``version`` for a write to happen (and is left unchanged)."""
-
-    pk: str
-    sk: str
-    version: int
+    fence: int | None = None  # the highest fencing token a write of this item carried
 
 
 class KeyValueStore(Protocol):
     def get(self, pk: str, sk: str) -> Item | None: ...
 
     def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None,
-            also_check: Check | None = None) -> Item: ...
+            fence: int | None = None) -> Item: ...
 
     def delete(self, pk: str, sk: str) -> None: ...
 
@@ -60,22 +53,21 @@ class MemoryKV:
     def get(self, pk: str, sk: str) -> Item | None:
         with self._lock:
             item = self._items.get((pk, sk))
-            return Item(item.pk, item.sk, json.loads(json.dumps(item.data)), item.version) if item else None
+            return Item(item.pk, item.sk, json.loads(json.dumps(item.data)), item.version,
+                        item.fence) if item else None
 
     def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None,
-            also_check: Check | None = None) -> Item:
+            fence: int | None = None) -> Item:
         with self._lock:
-            if also_check is not None:
-                checked = self._items.get((also_check.pk, also_check.sk))
-                found = checked.version if checked else 0
-                if found != also_check.version:
-                    raise CheckFailed(f"{also_check.pk}/{also_check.sk}: expected version {also_check.version}, "
-                                      f"found {found}")
             current = self._items.get((pk, sk))
             current_version = current.version if current else 0
+            stored_fence = current.fence if current else None
+            if fence is not None and stored_fence is not None and stored_fence > fence:
+                raise FenceRefused(f"{pk}/{sk}: fenced by token {stored_fence}, this writer holds {fence}")
             if expected_version is not None and expected_version != current_version:
                 raise VersionConflict(f"{pk}/{sk}: expected version {expected_version}, found {current_version}")
-            item = Item(pk, sk, json.loads(json.dumps(data)), current_version + 1)
+            item = Item(pk, sk, json.loads(json.dumps(data)), current_version + 1,
+                        fence if fence is not None else stored_fence)
             self._items[(pk, sk)] = item
             return item
 
@@ -107,7 +99,7 @@ class DynamoKV:
         return self._to_item(raw) if raw else None
 
     def put(self, pk: str, sk: str, data: dict[str, Any], expected_version: int | None,
-            also_check: Check | None = None) -> Item:
+            fence: int | None = None) -> Item:
         new_version = (expected_version or 0) + 1
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
@@ -119,45 +111,35 @@ class DynamoKV:
             },
         }
         if expected_version is None:
-            if also_check is not None:
-                raise ValueError("also_check needs an expected version")
+            if fence is not None:
+                raise ValueError("a fenced write names the version it read")
             # Unconditional writes still increment: read the version inside one conditional retry loop.
             return self._put_unconditional(pk, sk, data, kwargs)
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
         if expected_version == 0:
-            kwargs["ConditionExpression"] = "attribute_not_exists(pk)"
+            condition = "attribute_not_exists(pk)"
         else:
-            kwargs["ConditionExpression"] = "#v = :expected"
-            kwargs["ExpressionAttributeNames"] = {"#v": "version"}
-            kwargs["ExpressionAttributeValues"] = {":expected": {"N": str(expected_version)}}
+            condition, names["#v"] = "#v = :expected", "version"
+            values[":expected"] = {"N": str(expected_version)}
+        if fence is not None:
+            condition = f"({condition}) AND (attribute_not_exists(#f) OR #f <= :fence)"
+            names["#f"], values[":fence"] = "fence", {"N": str(fence)}
+            kwargs["Item"]["fence"] = {"N": str(fence)}
+        kwargs["ConditionExpression"] = condition
+        if names:
+            kwargs["ExpressionAttributeNames"], kwargs["ExpressionAttributeValues"] = names, values
         kwargs["Item"]["version"] = {"N": str(new_version)}
-        if also_check is not None:
-            self._transact_put(kwargs, also_check, f"{pk}/{sk}: expected version {expected_version}")
-            return Item(pk, sk, data, new_version)
+        kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"  # to tell a fence from a version
         try:
             self._client.put_item(**kwargs)
         except self._client.exceptions.ConditionalCheckFailedException as exc:
+            old = exc.response.get("Item") or {}
+            stored = int(old["fence"]["N"]) if "fence" in old else None
+            if fence is not None and stored is not None and stored > fence:
+                raise FenceRefused(f"{pk}/{sk}: fenced by token {stored}, this writer holds {fence}") from exc
             raise VersionConflict(f"{pk}/{sk}: expected version {expected_version}") from exc
-        return Item(pk, sk, data, new_version)
-
-    def _transact_put(self, put: dict[str, Any], check: Check, conflict: str) -> None:
-        """The put and a condition on another item, all or nothing (TransactWriteItems)."""
-        condition = {
-            "TableName": self.table_name,
-            "Key": {"pk": {"S": check.pk}, "sk": {"S": check.sk}},
-            "ConditionExpression": "#v = :expected",
-            "ExpressionAttributeNames": {"#v": "version"},
-            "ExpressionAttributeValues": {":expected": {"N": str(check.version)}},
-        }
-        try:
-            self._client.transact_write_items(TransactItems=[{"ConditionCheck": condition}, {"Put": put}])
-        except self._client.exceptions.TransactionCanceledException as exc:
-            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]
-            if codes[:1] == ["ConditionalCheckFailed"]:
-                raise CheckFailed(f"{check.pk}/{check.sk}: expected version {check.version}") from exc
-            if "ConditionalCheckFailed" in codes or "TransactionConflict" in codes:
-                # The put's own condition, or a concurrent write to one of the items: the loser stops.
-                raise VersionConflict(conflict) from exc
-            raise
+        return Item(pk, sk, data, new_version, fence)
 
     def _put_unconditional(self, pk: str, sk: str, data: dict[str, Any], kwargs: dict[str, Any]) -> Item:
         for _ in range(10):
@@ -211,4 +193,5 @@ class DynamoKV:
             raw["sk"]["S"],
             json.loads(raw.get("data", {}).get("S", "{}")),
             int(raw.get("version", {}).get("N", "0")),
+            int(raw["fence"]["N"]) if "fence" in raw else None,
         )

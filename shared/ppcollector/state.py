@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .errors import CheckFailed, CursorConflict, LeaseHeld, LeaseLost, SettingsError, VersionConflict
-from .kvstore import Check, Item, KeyValueStore
+from .errors import CursorConflict, FenceRefused, LeaseHeld, LeaseLost, SettingsError, VersionConflict
+from .kvstore import Item, KeyValueStore
 from .timeutil import format_rfc3339, parse_timestamp
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -88,17 +88,22 @@ class Cursor:
 
 @dataclass(frozen=True)
 class Fence:
-    """A lease as its holder last wrote it: the version of ``inst#<instance>`` / ``<scope>``. Every
-    cursor write of the holder checks it in the same atomic write, so once another owner takes the lease
-    over (the holder was frozen past its expiry), the holder's writes are refused (``LeaseLost``)."""
+    """A lease as its holder last wrote it; its version is the holder's fencing token. Every cursor write
+    of the holder carries it, and a cursor refuses a token lower than the highest it has seen. A holder
+    that takes a lease over from an expired owner fences the cursors that lease guards at once
+    (``acquire_lease``), so from then on the old holder's writes are refused (``LeaseLost``).
+
+    Scopes: ``lease`` guards every cursor of a polled instance (TAP, CASB); ``lease#<type>`` guards the
+    PoD stream's ``cursor#<type>``. A cursor is only ever written under one scope."""
 
     instance: str
     scope: str
     version: int
 
-    @property
-    def check(self) -> Check:
-        return Check(f"inst#{self.instance}", self.scope, self.version)
+    def guards(self, sk: str) -> bool:
+        if self.scope == "lease":
+            return sk.startswith("cursor#")
+        return sk == "cursor#" + self.scope.removeprefix("lease#")
 
 
 class StateStore:
@@ -156,8 +161,8 @@ class StateStore:
         data = {**cursor.data, **extra, "position": position}
         try:
             item = self.kv.put(f"inst#{name}", f"cursor#{cursor.stream}", data, cursor.version,
-                               also_check=fence.check if fence else None)
-        except CheckFailed as exc:
+                               fence.version if fence else None)
+        except FenceRefused as exc:
             raise LeaseLost(f"cursor {name}/{cursor.stream}: the {fence.scope if fence else 'lease'} of this "
                             "holder was taken over; its write is refused") from exc
         except VersionConflict as exc:
@@ -166,8 +171,16 @@ class StateStore:
 
     def set_cursor(self, name: str, stream: str, position: str, **extra: Any) -> None:
         """Operator action (``ppctl backfill``): set unconditionally."""
-        current = self.get_cursor(name, stream)
-        self.kv.put(f"inst#{name}", f"cursor#{stream}", {**current.data, **extra, "position": position}, None)
+        for _ in range(10):
+            current = self.kv.get(f"inst#{name}", f"cursor#{stream}")
+            data = {**(current.data if current else {}), **extra, "position": position}
+            try:  # at the version read, keeping the cursor's fence (a newer holder's token stays in force)
+                self.kv.put(f"inst#{name}", f"cursor#{stream}", data, current.version if current else 0,
+                            current.fence if current else None)
+                return
+            except VersionConflict:
+                continue
+        raise VersionConflict(f"cursor {name}/{stream}: too many concurrent writers")
 
     # --- leases ---------------------------------------------------------------------------------
     def acquire_lease(self, name: str, owner: str, now: datetime, ttl: timedelta, scope: str = "lease") -> Fence:
@@ -180,9 +193,28 @@ class StateStore:
                 raise LeaseHeld(f"{name}: held by {item.data.get('owner')} until {expires}")
         data = {"owner": owner, "expires_at": format_rfc3339(now + ttl), "acquired_at": format_rfc3339(now)}
         try:
-            return Fence(name, scope, self.kv.put(f"inst#{name}", scope, data, item.version if item else 0).version)
+            fence = Fence(name, scope, self.kv.put(f"inst#{name}", scope, data, item.version if item else 0).version)
         except VersionConflict as exc:
             raise LeaseHeld(f"{name}: another owner took the lease first") from exc
+        if item and item.data.get("owner") not in (None, owner):
+            self._fence_cursors(fence)  # taken over from an expired holder, which may still be running
+        return fence
+
+    def _fence_cursors(self, fence: Fence) -> None:
+        """Write this holder's token into every cursor its lease guards (same data, next version): a
+        holder frozen past its lease can no longer write them, whatever version it read."""
+        for item in self.kv.query(f"inst#{fence.instance}"):
+            current: Item | None = item
+            for _ in range(10):
+                if current is None or not fence.guards(current.sk):
+                    break
+                try:
+                    self.kv.put(current.pk, current.sk, current.data, current.version, fence.version)
+                    break
+                except FenceRefused:
+                    break  # a newer holder fenced it already
+                except VersionConflict:
+                    current = self.kv.get(item.pk, item.sk)  # the old holder wrote just now: fence that
 
     def release_lease(self, name: str, owner: str, scope: str = "lease") -> None:
         item = self.kv.get(f"inst#{name}", scope)

@@ -1,5 +1,6 @@
-"""Fencing on DynamoDB (the local emulator): a cursor write checks its writer's lease in one
-TransactWriteItems, so a holder frozen past its lease is refused, for TAP, CASB and PoD alike.
+"""Fencing on DynamoDB (the local emulator): a cursor write carries its writer's lease version as a
+fencing token in its conditional PutItem, so a holder frozen past its lease is refused once the new
+holder took the lease over, for TAP, CASB and PoD alike.
 
 The scenarios are those of tests/unit/test_delivery.py, run on a DynamoDB table instead of MemoryKV.
 """
@@ -16,7 +17,7 @@ from tests.unit.test_casb_poller import _fresh_token_cache as _fresh_token_cache
 from tests.unit.test_delivery import (
     casb_holder_frozen_past_its_lease,
     pod_stream_frozen_past_its_lease,
-    store_refuses_a_write_whose_checked_item_moved,
+    store_refuses_a_write_with_a_lower_fencing_token,
     tap_holder_frozen_past_its_lease,
 )
 
@@ -37,8 +38,8 @@ def dynamo_kv(aws_endpoint):
     client.delete_table(TableName=name)
 
 
-def test_dynamodb_refuses_a_cursor_write_whose_lease_moved(dynamo_kv):
-    store_refuses_a_write_whose_checked_item_moved(dynamo_kv)
+def test_dynamodb_refuses_a_cursor_write_with_a_lower_fencing_token(dynamo_kv):
+    store_refuses_a_write_with_a_lower_fencing_token(dynamo_kv)
 
 
 def test_a_tap_poll_frozen_past_its_lease_is_refused_on_dynamodb(dynamo_kv, caplog):

@@ -29,11 +29,11 @@ class FlakyKV(MemoryKV):
         super().__init__()
         self.sk_prefix, self.failures, self.code = sk_prefix, failures, code
 
-    def put(self, pk, sk, data, expected_version, also_check=None):
+    def put(self, pk, sk, data, expected_version, fence=None):
         if sk.startswith(self.sk_prefix) and self.failures:
             self.failures -= 1
             raise aws_error(self.code, "PutItem")
-        return super().put(pk, sk, data, expected_version, also_check)
+        return super().put(pk, sk, data, expected_version, fence)
 
 
 def events(clock, n=20):
@@ -128,11 +128,11 @@ def test_conditional_check_conflicts_on_the_budget_are_retried(clock):
     add_tap_instance(deps, initial_lookback="30m")
     original_put, conflicts = deps.budget.kv.put, {"left": 3}
 
-    def conflicting(pk, sk, data, expected_version, also_check=None):
+    def conflicting(pk, sk, data, expected_version, fence=None):
         if pk.startswith("budget#") and conflicts["left"]:
             conflicts["left"] -= 1
             raise VersionConflict("another writer")
-        return original_put(pk, sk, data, expected_version, also_check)
+        return original_put(pk, sk, data, expected_version, fence)
 
     deps.budget.kv.put = conflicting
     tap.events_by_type["messagesDelivered"] = events(clock, 3)

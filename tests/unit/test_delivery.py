@@ -15,8 +15,8 @@ from ppcollector.connectors.pod.client import Frame
 from ppcollector.connectors.pod.stream import LeaseLost as StreamLeaseLost
 from ppcollector.connectors.pod.stream import TypeStream
 from ppcollector.delivery import Unit, deliver
-from ppcollector.errors import CheckFailed, LeaseLost, VersionConflict
-from ppcollector.kvstore import Check, MemoryKV
+from ppcollector.errors import FenceRefused, LeaseLost, VersionConflict
+from ppcollector.kvstore import MemoryKV
 from ppcollector.records import build_record
 from ppcollector.timeutil import format_rfc3339, utcnow
 from tests.fakes import FakeClock, add_tap_instance, make_deps
@@ -46,7 +46,7 @@ def test_no_connector_commits_a_sink_or_writes_a_cursor_itself():
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
             name = node.func.attr
-            if name in ("commit", "advance_cursor", "put_item", "transact_write_items") or (
+            if name in ("commit", "advance_cursor", "put_item") or (
                     name == "set_cursor" and id(node) not in allowed):
                 offenders.append(f"{path.relative_to(CONNECTORS)}:{node.lineno} {name}()")
     assert not offenders, f"connectors must deliver through the spine: {offenders}"
@@ -56,22 +56,43 @@ def test_no_connector_commits_a_sink_or_writes_a_cursor_itself():
 # The fencing scenarios take the state table's store: MemoryKV here, DynamoDB (moto server) in
 # tests/integration/test_fencing.py.
 
-def store_refuses_a_write_whose_checked_item_moved(kv) -> None:
-    lease = kv.put("inst#a", "lease", {"owner": "a"}, 0)
-    check = Check("inst#a", "lease", lease.version)
-    kv.put("inst#a", "cursor#all", {"position": "1"}, 0, also_check=check)
-    with pytest.raises(VersionConflict) as stale:  # the lease holds, the cursor moved: an ordinary conflict
-        kv.put("inst#a", "cursor#all", {"position": "2"}, 0, also_check=check)
-    assert not isinstance(stale.value, CheckFailed)
-    kv.put("inst#a", "lease", {"owner": "b"}, lease.version)  # taken over
-    with pytest.raises(CheckFailed):
-        kv.put("inst#a", "cursor#all", {"position": "2"}, 1, also_check=check)
-    assert kv.get("inst#a", "cursor#all").data == {"position": "1"}
-    assert kv.get("inst#a", "cursor#all").version == 1 and kv.get("inst#a", "lease").data == {"owner": "b"}
+def store_refuses_a_write_with_a_lower_fencing_token(kv) -> None:
+    kv.put("inst#a", "cursor#all", {"position": "1"}, 0, 5)
+    with pytest.raises(VersionConflict) as stale:  # the token holds, the version moved: an ordinary conflict
+        kv.put("inst#a", "cursor#all", {"position": "2"}, 0, 5)
+    assert not isinstance(stale.value, FenceRefused)
+    kv.put("inst#a", "cursor#all", {"position": "1"}, 1, 7)  # a newer holder fences the item
+    with pytest.raises(FenceRefused):  # the old holder, even at the version it reads now
+        kv.put("inst#a", "cursor#all", {"position": "2"}, 2, 5)
+    item = kv.get("inst#a", "cursor#all")
+    assert (item.data, item.version, item.fence) == ({"position": "1"}, 2, 7)
+    kv.put("inst#a", "cursor#all", {"position": "3"}, 2, 8)  # the newer holder's next lease version
+    assert kv.get("inst#a", "cursor#all").fence == 8
 
 
-def test_the_memory_store_refuses_a_write_whose_checked_item_moved():
-    store_refuses_a_write_whose_checked_item_moved(MemoryKV())
+def test_the_memory_store_refuses_a_write_with_a_lower_fencing_token():
+    store_refuses_a_write_with_a_lower_fencing_token(MemoryKV())
+
+
+def test_taking_a_lease_over_fences_the_cursors_it_guards_at_once():
+    clock = FakeClock()
+    deps, _ = make_deps(clock, None)
+    old = deps.state.acquire_lease("acme", "a", clock.now, timedelta(minutes=1))
+    read = deps.state.advance_cursor("acme", deps.state.get_cursor("acme", "all"), "p1", old)
+    deps.state.advance_cursor("acme", deps.state.get_cursor("acme", "backfill-all"), "p1", old)
+    new = deps.state.acquire_lease("acme", "b", clock.now + timedelta(minutes=2), timedelta(minutes=1))
+    assert new.version > old.version
+    # The old holder is refused on every cursor the lease guards, even reading it again first.
+    for stream in ("all", "backfill-all"):
+        with pytest.raises(LeaseLost):
+            deps.state.advance_cursor("acme", deps.state.get_cursor("acme", stream), "p2", old)
+    assert deps.state.get_cursor("acme", "all").data == read.data
+    deps.state.advance_cursor("acme", deps.state.get_cursor("acme", "all"), "p2", new)  # the new holder writes
+    # A lease released and taken again in the normal way fences nothing (no writes at all).
+    deps.state.release_lease("acme", "b")
+    versions = [c.version for c in deps.state.list_cursors("acme")]
+    deps.state.acquire_lease("acme", "c", clock.now + timedelta(minutes=2), timedelta(minutes=1))
+    assert [c.version for c in deps.state.list_cursors("acme")] == versions
 
 
 def test_deliver_stores_the_marker_writes_and_clears_it_in_the_advancing_write():
@@ -133,8 +154,8 @@ def tap_holder_frozen_past_its_lease(kv, caplog) -> None:
     [second] = second_holder
     assert second.polled and second.events == 1 and not second.error
     assert first.polled and not first.error and LEASE_TAKEN_OVER in caplog.text
-    # The cursor is the second holder's (its marker and its advance), never the first's.
-    assert cursor.version == cursor_before.version + 2 and cursor.moment == clock.now - timedelta(minutes=5)
+    # The cursor is the second holder's (the fence of its takeover, its marker, its advance), never the first's.
+    assert cursor.version == cursor_before.version + 3 and cursor.moment == clock.now - timedelta(minutes=5)
     first_window, second_window = tap.requests[-2:]  # the first holder asked first, the second answered first
     assert first_window.start == second_window.start == cursor_before.moment
     assert first_window.end == cursor_before.moment + timedelta(minutes=5) < second_window.end
@@ -209,21 +230,29 @@ def pod_stream_frozen_past_its_lease(kv) -> None:
     # Frozen between frames past its lease; another task takes the stream over.
     later = utcnow() + timedelta(seconds=fast_settings().lease_seconds + 1)
     deps.state.acquire_lease("acme", "task-b", later, timedelta(minutes=1), scope="lease#message")
+    stream.cursor = deps.state.get_cursor("acme", "message")  # as after a failed sink write: read again
     with pytest.raises(StreamLeaseLost):
         stream._flush()
     stream._lost("test")  # what the stream's loop does with LeaseLost
     assert [r["raw"]["guid"] for r in sink.records] == ["g1"]  # the second batch reached no sink
     cursor = deps.state.get_cursor("acme", "message")
-    assert cursor.version == flushed.version and cursor.data == flushed.data  # no checkpoint, no marker
+    # Only the new holder's takeover fenced it (same data): the old holder wrote no marker, no checkpoint.
+    assert cursor.version == flushed.version + 1 and cursor.data == flushed.data
     assert not stream.batch.records and not stream.holding
 
 
 def test_a_refused_fence_is_a_cursor_conflict_the_spine_stops_on():
     clock = FakeClock()
-    deps, _ = make_deps(clock, None)
+    deps, sink = make_deps(clock, None)
     fence = deps.state.acquire_lease("acme", "a", clock.now, timedelta(minutes=1))
+    unit = Unit("all", position=format_rfc3339(clock.now))
+    cursor = deliver(deps, "proofpoint_tap", "acme", deps.state.get_cursor("acme", "all"), unit, fence).cursor
     deps.state.acquire_lease("acme", "b", clock.now + timedelta(minutes=2), timedelta(minutes=1))
-    cursor = deps.state.get_cursor("acme", "all")
+    late = Unit("all", batch="all_x", records=[build_record(
+        record_id="r1", source="proofpoint_tap", instance="acme", event_type="clicksBlocked", raw={},
+        event_time=None, received_time=clock.now, collected_time=clock.now)], position=format_rfc3339(clock.now),
+        pending={"batch": "all_x"})
     with pytest.raises(LeaseLost, match="taken over"):
-        deliver(deps, "proofpoint_tap", "acme", cursor, Unit("all", position=format_rfc3339(clock.now)), fence)
-    assert deps.state.get_cursor("acme", "all").version == 0
+        deliver(deps, "proofpoint_tap", "acme", cursor, late, fence)
+    assert sink.records == []  # refused at its first write, the marker: nothing reached a sink
+    assert deps.state.get_cursor("acme", "all").data == cursor.data
