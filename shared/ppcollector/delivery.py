@@ -19,11 +19,11 @@ nothing after it runs. Records it committed just before are at-least-once: the s
 same deterministic object names (and its first write of a unit is the marker).
 
 The pending marker, one format for every feed (``marker``): ``batch`` (the name the retry writes under),
-``fetched_at`` (when the unit's data was fetched: the received time of CASB records, the flush time of a
-PoD batch) and the connector's own bounds (CASB: the window or the page request; PoD: the S3 keys it
-writes). A connector finds it with ``pending_of`` and decides how to reproduce the unit: CASB reads the
-marked window or page again, PoD reads the marked objects back (``S3Sink.read_back``). Only the advancing
-write of a unit with a batch clears it.
+``fetched_at`` (when the unit's data was fetched: the received time of TAP and CASB records, the flush
+time of a PoD batch) and the connector's own bounds (TAP: the window; CASB: the window or the page
+request; PoD: the S3 keys it writes). A connector finds it with ``pending_of`` and decides how to
+reproduce the unit: TAP and CASB read the marked window or page again, PoD reads the marked objects back
+(``S3Sink.read_back``). Only the advancing write of a unit with a batch clears it.
 """
 
 from __future__ import annotations
