@@ -41,10 +41,15 @@ class ConversionError(ValueError):
     """A raw object that cannot be converted (bad line, a record that fails OCSF validation)."""
 
 
+MAPPED_SOURCES = ("tap", "casb", "pod")  # the archive's source= of the feeds normalize.MAPPERS maps
+
+
 def is_archive_object(key: str) -> bool:
-    """An archive object of the collector (not an oversize copy or anything else in the bucket): the
+    """An archive object of a feed this writer maps (not an oversize copy, anything else in the bucket, or
+    the objects of a connector that has no OCSF mapping: out of scope, not a conversion failure). The
     archive's key layout is read by ``sinks.parse_archive_key`` only."""
-    return key.startswith(ARCHIVE_PREFIX) and parse_archive_key(key) is not None
+    parsed = parse_archive_key(key) if key.startswith(ARCHIVE_PREFIX) else None
+    return parsed is not None and parsed.source in MAPPED_SOURCES
 
 
 def object_key(raw_key: str, class_uid: int, day: str, part: int, *, region: str, account: str,

@@ -167,3 +167,15 @@ def test_a_versioned_source_location_puts_the_partitions_below_the_version():
                            source_version="1.0")
     assert plain.startswith("ext/pp_email_activity/region=eu-west-1/accountId=111122223333/eventDay=20251120/")
     assert versioned == plain.replace("ext/pp_email_activity/", "ext/pp_email_activity/1.0/")
+
+
+def test_objects_of_a_feed_without_an_ocsf_mapping_are_out_of_scope_not_failures():
+    """A connector added later (no mapper) writes into the same archive: the writer leaves its objects
+    alone instead of failing and retrying them forever."""
+    from ppocsf.lake import MAPPED_SOURCES, is_archive_object
+    from ppocsf.normalize import MAPPERS
+
+    assert {f"proofpoint_{source}" for source in MAPPED_SOURCES} == set(MAPPERS)
+    stem = "dt=2026-12-04/hour=17/acme.events_20261204T170742Z_0000.json.gz"
+    assert is_archive_object(f"proofpoint/source=tap/event_type=messagesDelivered/{stem}")
+    assert not is_archive_object(f"proofpoint/source=echo/event_type=farewell/{stem}")
