@@ -128,8 +128,8 @@ def worker(url: str, seconds: float, warmup: float, flush_age: float, cpu: int) 
     commits: list[tuple[float, int, float]] = []  # (commit time, records, age of the first frame)
 
     class TimedSinks(SinkSet):
-        def open_batch(self, batch: Any) -> Any:
-            inner = super().open_batch(batch)
+        def open_batch(self, batch: Any, skip: tuple[str, ...] = ()) -> Any:
+            inner = super().open_batch(batch, skip)
             first: list[float] = []
             count = [0]
 
