@@ -7,7 +7,7 @@ doing the work (``time.thread_time``), and the profile's call counts are exact. 
 from the simulator's event model (``ppsim.pod_events``) are framed as the simulator frames them and
 written into a socketpair by a helper thread; then, in this thread, the real code path:
 
-1. **read**: ``PodConnection._read`` (websocket-client's frame decode) until the close frame, into
+1. **read**: ``PodConnection._read`` (``FrameReader``) until the close frame, into
    the connection's frame queue;
 2. **stream**: ``TypeStream._on_frame`` for every frame (decode, id, dedup, record build) and
    ``TypeStream._flush`` whenever a flush is due by count or bytes (pending marker, the S3 gzip part,
@@ -70,12 +70,11 @@ def connection_over(blob: bytes) -> tuple[Any, threading.Thread]:
     """A ``PodConnection`` reading ``blob`` from a socketpair (the websocket handshake is skipped)."""
     import websocket
 
-    from ppcollector.connectors.pod.client import FrameQueue, PodConnection, read_ahead
+    from ppcollector.connectors.pod.client import FrameQueue, PodConnection
 
     ours, theirs = socket.socketpair()
     ws = websocket.WebSocket(**PodConnection.SOCKET_OPTIONS)
     ws.sock, ws.connected = ours, True
-    read_ahead(ws)  # as PodConnection.open does after the handshake
     connection = PodConnection(ws, "message")
     connection.frames = FrameQueue(max_bytes=len(blob) * 2)  # hold every frame: the phases run apart
 

@@ -29,13 +29,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from zlib_ng import zlib_ng
+
 from .crashpoints import crashpoint
 from .descriptor import source_partition
 from .errors import SinkError
 from .records import OutRecord
 from .timeutil import parse_timestamp
 
+# zlib-ng: the same gzip format as zlib, at level 6 in half zlib's CPU time and with 4 % fewer bytes
+# (PoD message frames: 25 vs 50 microseconds a record, 8.3 vs 8.0 to 1; README "Dependencies"). It
+# releases the GIL while it compresses, like zlib, so the compressor thread still overlaps parsing.
 GZIP_LEVEL = 6
+GZIP_WBITS = 31  # a gzip member (header with mtime 0, no name: the same bytes for the same records)
 GZIP_WRITE_BYTES = 256 * 1024  # lines are handed to the compressor in blocks (one call per line cost 2x)
 S3_PART_BYTES = 64 * 1024 * 1024
 KINESIS_MAX_RECORDS = 500
@@ -148,7 +154,7 @@ class _Part:
         self.key = key
         self.compressor = compressor
         self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in upload()/discard()
-        self.gzip = gzip.GzipFile(fileobj=self.file, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+        self.deflate = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, GZIP_WBITS)
         self.raw_bytes = 0
         self.records = 0
         self._pending: list[bytes] = []
@@ -165,14 +171,17 @@ class _Part:
     def _drain(self) -> None:
         if self._pending:
             self._pending.append(b"")
-            self.compressor.submit(self.gzip.write, b"\n".join(self._pending))
+            self.compressor.submit(self._compress, b"\n".join(self._pending))
             self._pending = []
             self._pending_bytes = 0
+
+    def _compress(self, block: bytes) -> None:
+        self.file.write(self.deflate.compress(block))
 
     def upload(self, client: Any, bucket: str) -> None:
         self._drain()
         self.compressor.wait()
-        self.gzip.close()
+        self.file.write(self.deflate.flush())
         self.file.seek(0)
         try:
             client.put_object(
@@ -186,8 +195,13 @@ class _Part:
         self._pending = []
         with contextlib.suppress(Exception):
             self.compressor.wait()
-        self.gzip.close()
         self.file.close()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """``data`` as one gzip member, compressed as the archive's parts are."""
+    deflate = zlib_ng.compressobj(GZIP_LEVEL, zlib_ng.DEFLATED, GZIP_WBITS)
+    return deflate.compress(data) + deflate.flush()
 
 
 def object_keys(batch: BatchInfo, records: list[OutRecord]) -> list[str]:
@@ -366,7 +380,7 @@ class _KinesisBatch:
         )
         try:
             self.sink.overflow.client.put_object(
-                Bucket=self.sink.overflow.bucket, Key=key, Body=gzip.compress(record.line, GZIP_LEVEL, mtime=0),
+                Bucket=self.sink.overflow.bucket, Key=key, Body=gzip_bytes(record.line),
                 ContentType="application/json", ContentEncoding="gzip",
             )
         except Exception as exc:

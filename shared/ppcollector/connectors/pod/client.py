@@ -9,6 +9,7 @@ neither frames nor pongs (``PodConnection.silent_for``).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 import time
@@ -24,7 +25,7 @@ from ...http import USER_AGENT, open_websocket_socket
 from .handshake import handshake_error
 
 QUEUE_BYTES = 64 * 1024 * 1024  # frames waiting for the streamer; beyond this the reader pauses
-READ_AHEAD_BYTES = 64 * 1024  # socket reads of the frame reader (ReadAhead)
+READ_AHEAD_BYTES = 64 * 1024  # socket reads of the frame reader (FrameReader)
 CLOSE_ABNORMAL = 1006  # no close frame: a drop (docs/vendors/pod.md §1.5)
 
 
@@ -38,39 +39,57 @@ class Frame:
 
 
 class FrameQueue:
-    """A FIFO bounded by the bytes it holds (one 5 MB frame must not block forever: always admit one)."""
+    """A FIFO bounded by the bytes it holds (one 5 MB frame must not block forever: always admit one).
+
+    Each side wakes the other only when it waits, and a full queue lets the reader go on only once it
+    has drained to half: while the streamer is behind (the queue full), a wake-up per frame taken would
+    cost two thread switches a frame, more than the frame's own processing (tools/bench_pod.py).
+    """
 
     def __init__(self, max_bytes: int = QUEUE_BYTES) -> None:
         self._items: deque[Frame] = deque()
         self._bytes = 0
         self._max = max_bytes
-        self._cond = threading.Condition()
+        self._resume_at = max_bytes // 2
+        lock = threading.Lock()
+        self._readable = threading.Condition(lock)  # the streamer waits here for a frame
+        self._writable = threading.Condition(lock)  # the reader waits here for room
+        self._streamer_waits = False
+        self._reader_waits = False
         self._closed = False
 
     def put(self, frame: Frame) -> None:
-        with self._cond:
-            while self._items and self._bytes + len(frame.payload) > self._max and not self._closed:
-                self._cond.wait(0.5)
+        size = len(frame.payload)
+        with self._writable:
+            while self._items and self._bytes + size > self._max and not self._closed:
+                self._reader_waits = True
+                self._writable.wait(0.5)
+            self._reader_waits = False
             self._items.append(frame)
-            self._bytes += len(frame.payload)
-            self._cond.notify_all()
+            self._bytes += size
+            if self._streamer_waits:
+                self._readable.notify()
 
     def get(self, timeout: float) -> Frame | None:
-        with self._cond:
+        with self._readable:
             if not self._items:
-                self._cond.wait(timeout)
-            if not self._items:
-                return None
+                self._streamer_waits = True
+                self._readable.wait(timeout)
+                self._streamer_waits = False
+                if not self._items:
+                    return None
             frame = self._items.popleft()
             self._bytes -= len(frame.payload)
-            self._cond.notify_all()
+            if self._reader_waits and self._bytes <= self._resume_at:
+                self._writable.notify()
             return frame
 
     def release(self) -> None:
         """Unblock a reader waiting for room (the streamer stopped consuming)."""
-        with self._cond:
+        with self._writable:
             self._closed = True
-            self._cond.notify_all()
+            self._writable.notify_all()
+            self._readable.notify_all()
 
 
 class PodConnection:
@@ -112,7 +131,6 @@ class PodConnection:
             raise VendorTransientError(f"could not open the {event_type} stream: {type(exc).__name__}: "
                                        f"{_short(exc)}") from None
         ws.settimeout(None)  # the reader blocks; liveness is judged by silence, not by a socket timeout
-        read_ahead(ws)
         connection = cls(ws, event_type)
         connection._reader.start()
         return connection
@@ -120,30 +138,36 @@ class PodConnection:
     # --- reading (the reader thread) -------------------------------------------------------------
     def _read(self) -> None:
         end = Frame("error", code=CLOSE_ABNORMAL, detail="connection lost")
+        frames = FrameReader(self.ws._recv)  # websocket-client's socket read (TLS, the end of the connection)
+        put = self.frames.put
         try:
             while True:
-                opcode, frame = self.ws.recv_data_frame(control_frame=True)
-                now = time.monotonic()
-                if opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
-                    self.last_frame = now
-                    data = frame.data if isinstance(frame.data, bytes) else str(frame.data).encode("utf-8")
-                    self.frames.put(Frame("data", data, time.time()))
+                opcode, payload = frames.next()
+                if opcode in _DATA_OPCODES:
+                    self.last_frame = time.monotonic()
+                    put(Frame("data", payload, time.time()))
                 elif opcode == ABNF.OPCODE_PONG:
-                    self.last_pong = now
+                    self.last_pong = time.monotonic()
                 elif opcode == ABNF.OPCODE_PING:
-                    self.last_frame = now
-                elif opcode == ABNF.OPCODE_CLOSE:
-                    code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else 1005
+                    self.last_frame = time.monotonic()
+                    self.ws.pong(payload)
+                else:  # close: reply unless it answers ours (RFC 6455 §5.5.1), report the code
+                    if len(payload) == 1:
+                        raise ProtocolError("a close frame of one byte")
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                     end = Frame("close", code=code, detail="closed by Proofpoint" if not self.closing
                                 else "close handshake completed")
+                    if not self.closing:
+                        with contextlib.suppress(OSError, websocket.WebSocketException):
+                            self.ws.send_close()
                     return
         except (websocket.WebSocketConnectionClosedException, OSError, ConnectionError) as exc:
             if self.closing:
                 end = Frame("error", code=CLOSE_ABNORMAL, detail="connection ended while closing")
             else:
                 end = Frame("error", code=CLOSE_ABNORMAL, detail=f"connection lost ({type(exc).__name__})")
-        except websocket.WebSocketException as exc:
-            end = Frame("error", code=CLOSE_ABNORMAL, detail=f"protocol error ({type(exc).__name__})")
+        except (ProtocolError, websocket.WebSocketException) as exc:
+            end = Frame("error", code=CLOSE_ABNORMAL, detail=f"protocol error ({type(exc).__name__}: {exc})")
         finally:
             self.frames.put(end)
             self.ended.set()
@@ -187,27 +211,84 @@ class PodConnection:
 
 
 
-class ReadAhead:
-    """websocket-client reads a frame with an exact-size read each for its header, its length and its
-    payload: three system calls a frame. This reads the socket in ``READ_AHEAD_BYTES`` blocks and
-    serves those reads from the block (a third of the reader thread's cost, tools/profile_pod.py)."""
+class ProtocolError(Exception):
+    """A frame RFC 6455 does not allow from a server (masked, reserved bits, bad opcode or control frame)."""
+
+
+_DATA_OPCODES = (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY)
+_KNOWN_OPCODES = frozenset((ABNF.OPCODE_CONT, *_DATA_OPCODES, ABNF.OPCODE_CLOSE, ABNF.OPCODE_PING, ABNF.OPCODE_PONG))
+
+
+class FrameReader:
+    """The server's frames (RFC 6455 §5.2), read from the socket in ``READ_AHEAD_BYTES`` blocks.
+
+    websocket-client reads a frame with three exact-size socket reads (header, length, payload) through
+    several layers of Python per frame: that was the largest cost of the reader thread
+    (tools/profile_pod.py). This parses the frames of a block in place. The handshake, sending (pings,
+    pongs, the close) and TLS stay websocket-client's: ``recv`` is its socket read, which raises when the
+    connection ended. ``next`` returns ``(opcode, payload)`` of each complete message and each control
+    frame; fragments are joined, and a control frame between fragments is returned at once.
+    """
 
     def __init__(self, recv: Callable[[int], bytes]) -> None:
         self._recv = recv
         self._block = b""
         self._at = 0
+        self._fragments: list[bytes] = []
+        self._fragment_opcode = 0
 
-    def __call__(self, size: int) -> bytes:
-        if self._at >= len(self._block):
-            self._block, self._at = self._recv(READ_AHEAD_BYTES), 0  # raises when the connection ended
-        piece = self._block[self._at:self._at + size]
-        self._at += len(piece)
-        return piece
+    def _take(self, size: int) -> bytes:
+        """Exactly ``size`` bytes (one copy when a frame spans blocks)."""
+        block, at = self._block, self._at
+        end = at + size
+        if end <= len(block):
+            self._at = end
+            return block[at:end]
+        parts = [block[at:]]
+        have = len(parts[0])
+        while have < size:
+            piece = self._recv(max(READ_AHEAD_BYTES, size - have))
+            parts.append(piece)
+            have += len(piece)
+        joined = b"".join(parts)
+        self._block, self._at = joined, size
+        return joined[:size]
 
-
-def read_ahead(ws: websocket.WebSocket) -> None:
-    """Give an open websocket's frame reader a ``ReadAhead`` (websocket-client 1.9's ``frame_buffer``)."""
-    ws.frame_buffer.recv = ReadAhead(ws._recv)
+    def next(self) -> tuple[int, bytes]:
+        while True:
+            head = self._take(2)
+            first, second = head[0], head[1]
+            opcode, fin = first & 0x0F, first & 0x80
+            if first & 0x70:
+                raise ProtocolError("reserved bits set (no extension was negotiated)")
+            if second & 0x80:
+                raise ProtocolError("a masked frame from the server")
+            length = second & 0x7F
+            if length == 126:
+                length = int.from_bytes(self._take(2), "big")
+            elif length == 127:
+                length = int.from_bytes(self._take(8), "big")
+            if opcode not in _KNOWN_OPCODES:
+                raise ProtocolError(f"unknown opcode {opcode:#x}")
+            if opcode >= ABNF.OPCODE_CLOSE and (not fin or length > 125):
+                raise ProtocolError("a fragmented or oversized control frame")
+            payload = self._take(length)
+            if opcode >= ABNF.OPCODE_CLOSE:
+                return opcode, payload
+            if opcode == ABNF.OPCODE_CONT:
+                if not self._fragment_opcode:
+                    raise ProtocolError("a continuation frame without a message to continue")
+                self._fragments.append(payload)
+                if fin:
+                    message, opcode = b"".join(self._fragments), self._fragment_opcode
+                    self._fragments, self._fragment_opcode = [], 0
+                    return opcode, message
+                continue
+            if self._fragment_opcode:
+                raise ProtocolError("a new message before the fragmented one ended")
+            if fin:
+                return opcode, payload
+            self._fragments, self._fragment_opcode = [payload], opcode
 
 
 def _short(exc: BaseException) -> str:
