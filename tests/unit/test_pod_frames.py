@@ -155,3 +155,54 @@ def test_a_drop_mid_frame_is_reported_as_a_lost_connection():
     finally:
         connection.abort()
         server.close()
+
+
+def test_the_frame_queue_holds_at_most_its_bytes_and_the_reader_resumes_at_half():
+    from ppcollector.connectors.pod.client import Frame, FrameQueue
+
+    queue = FrameQueue(max_bytes=1000)
+    put_done: list[int] = []
+
+    def reader() -> None:
+        for n in range(30):
+            queue.put(Frame("data", bytes([n]) * 100))
+            put_done.append(n)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    assert settles_at(put_done, 10)  # full: 10 frames of 100 bytes, the reader waits
+    for expected in range(4):  # taking frames down to 600 bytes does not wake the reader
+        assert queue.get(1.0).payload[0] == expected
+    assert settles_at(put_done, 10)
+    assert queue.get(1.0).payload[0] == 4  # 500 bytes: half, the reader goes on until full again
+    assert settles_at(put_done, 15)
+    got = [queue.get(5.0).payload[0] for _ in range(25)]
+    assert got == list(range(5, 30)), "every frame once, in order"
+    thread.join(5.0)
+    assert not thread.is_alive() and queue.get(0.05) is None
+
+
+def settles_at(items: list, count: int, within: float = 10.0, stays: float = 0.7) -> bool:
+    """``items`` reaches ``count`` (however slow the machine) and no more arrive for ``stays`` seconds
+    (longer than the reader's 0.5 s re-check)."""
+    import time
+
+    deadline = time.monotonic() + within
+    while len(items) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(stays)
+    return len(items) == count
+
+
+def test_a_frame_larger_than_the_queue_is_admitted_alone_and_release_unblocks_the_reader():
+    from ppcollector.connectors.pod.client import Frame, FrameQueue
+
+    queue = FrameQueue(max_bytes=1000)
+    queue.put(Frame("data", b"x" * 5000))  # an empty queue always admits one frame
+    blocked = threading.Thread(target=queue.put, args=(Frame("data", b"y"),), daemon=True)
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()
+    queue.release()  # the streamer stopped: the reader must not hang
+    blocked.join(2.0)
+    assert not blocked.is_alive()

@@ -61,10 +61,13 @@ class FrameQueue:
     def put(self, frame: Frame) -> None:
         size = len(frame.payload)
         with self._writable:
-            while self._items and self._bytes + size > self._max and not self._closed:
-                self._reader_waits = True
-                self._writable.wait(0.5)
-            self._reader_waits = False
+            if self._items and self._bytes + size > self._max:
+                # full: wait until drained to half (and room for this frame), or empty, or released
+                while self._items and not self._closed and (
+                        self._bytes > self._resume_at or self._bytes + size > self._max):
+                    self._reader_waits = True
+                    self._writable.wait(0.5)
+                self._reader_waits = False
             self._items.append(frame)
             self._bytes += size
             if self._streamer_waits:
