@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from .timeutil import format_rfc3339
 
 # One encoder each, made once: ``json.dumps`` with non-default options builds a new encoder per call,
@@ -88,9 +90,10 @@ def _head(source: str, instance: str, event_type: str) -> str:
 
 
 def _rfc3339(moment: datetime) -> str:
-    """``format_rfc3339``; for a UTC datetime without the conversions (the same text, a third of the time)."""
+    """``format_rfc3339``; a UTC datetime is formatted by orjson (the same text, microseconds only when
+    present and ``Z``, in a sixth of ``isoformat``'s time: three a PoD frame, tools/profile_pod.py)."""
     if moment.tzinfo is UTC:
-        return moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds")[:-6] + "Z"
+        return orjson.dumps(moment, option=orjson.OPT_UTC_Z)[1:-1].decode("ascii")
     return format_rfc3339(moment)
 
 
