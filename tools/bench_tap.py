@@ -7,7 +7,6 @@ Used by ``tools/bench.py``; nothing here is imported by the product.
 from __future__ import annotations
 
 import base64
-import gzip
 import hmac
 import json
 import os
@@ -281,7 +280,7 @@ def json_parser() -> tuple[str, Callable[[bytes], Any]]:
 
 
 def floor_seconds(body: Body, level: int) -> dict[str, float]:
-    """One parse of the whole body plus one gzip of it at the sink's level (seconds, same bytes).
+    """One parse of the whole body plus one gzip of it by the sink's compressor at its level (seconds, same bytes).
 
     Run in a process of its own: the parsed hour takes gigabytes, which must not stay in (or be
     inherited from) the benchmark process.
@@ -298,8 +297,11 @@ def _floor_here(path: Path, level: int) -> dict[str, float]:
     parsed = parse(data)
     parse_s = time.perf_counter() - started
     del parsed
+    from ppcollector import sinks
+
+    sinks.GZIP_LEVEL = level
     started = time.perf_counter()
-    gzip.compress(data, level, mtime=0)
+    sinks.gzip_bytes(data)  # the sink's own compressor (zlib-ng) at its level
     gzip_s = time.perf_counter() - started
     return {"parse": parse_s, "gzip": gzip_s, "total": parse_s + gzip_s}
 
@@ -310,4 +312,5 @@ def median_min_max(values: list[float]) -> tuple[float, float, float]:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["floor"]:
+        sys.path.insert(0, str(ROOT / "shared"))
         print(json.dumps(_floor_here(Path(sys.argv[2]), int(sys.argv[3]))))
